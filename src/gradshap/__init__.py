@@ -1,0 +1,14 @@
+"""gradshap: Expected Gradients (GradientSHAP) for PyTorch, JAX, Keras 3 and TensorFlow.
+
+One engine, written against the Python array API, on thin framework adapters. Importing
+gradshap imports no deep-learning framework.
+"""
+
+from gradshap._engine import expected_gradients as expected_gradients
+from gradshap._explainer import GradientExplainer as GradientExplainer
+from gradshap._sampling import SAMPLERS as SAMPLERS
+from gradshap.explanation import Explanation as Explanation
+
+__version__ = "0.1.0"
+
+__all__ = ["SAMPLERS", "Explanation", "GradientExplainer", "expected_gradients", "__version__"]

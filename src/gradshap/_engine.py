@@ -1,0 +1,352 @@
+"""The one Expected Gradients engine: plan -> points -> chunked VJP -> running sums -> result.
+
+Written against the Python array API. For input row ``r`` and sample ``j`` the sampler
+gives a background index ``b`` and an ``alpha``; the point explained is
+``b + alpha * (x - b)`` and the sample's contribution is ``(x - b) * grad f(point)``.
+Chunks are rectangles of (rows x samples) with at most ``batch_size`` points, so the
+per-row mean and spread come from axis reductions, never from boolean masks or
+value-dependent shapes; block statistics merge with Chan's formula. Accumulation is
+in the input's dtype, or float32 for half-precision inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import array_api_compat as aac
+import numpy as np
+
+from gradshap import _sampling, _targets, _validation
+from gradshap.backends import Adapter
+
+__all__ = ["Result", "default_batch_size", "expected_gradients", "run"]
+
+# Points per chunk aim at this many input elements; clamped to [_MIN_BATCH, _MAX_BATCH].
+_ELEMENTS_PER_CHUNK = 2**20
+_MIN_BATCH, _MAX_BATCH = 64, 8192
+
+
+def default_batch_size(feature_size: int) -> int:
+    """Points per chunk for inputs of ``feature_size`` elements per row."""
+    return int(min(_MAX_BATCH, max(_MIN_BATCH, _ELEMENTS_PER_CHUNK // max(1, feature_size))))
+
+
+@dataclass
+class Result:
+    """Raw engine output; arrays in the input's namespace and on its device."""
+
+    values: tuple  # one array per model input, (n, *features[, T])
+    stderr: tuple
+    base_values: Any  # (n[, T])
+    output: Any  # (n[, T])
+    delta: Any  # (n[, T])
+    target: Any
+    sampler: str
+    n_samples: int
+
+
+def _accumulation_dtype(xp, dtype):
+    return dtype if xp.finfo(dtype).bits >= 32 else xp.float32
+
+
+def _pad(xp, arrays: tuple, size: int) -> tuple:
+    """Rows repeated up to ``size`` (for frameworks that compile once per shape)."""
+    m = arrays[0].shape[0]
+    if m == size:
+        return arrays
+    idx = xp.asarray(np.arange(size) % m, device=aac.device(arrays[0]))
+    return tuple(xp.take(a, idx, axis=0) for a in arrays)
+
+
+def _forward(adapter: Adapter, xp, inputs: tuple, batch: int):
+    """Model outputs over ``inputs`` in chunks of ``batch`` rows."""
+    n = inputs[0].shape[0]
+    outs = []
+    for r0 in range(0, n, batch):
+        part = tuple(a[r0 : r0 + batch] for a in inputs)
+        m = part[0].shape[0]
+        if adapter.pads:
+            part = _pad(xp, part, batch)
+        outs.append(adapter.forward(part)[:m])
+    return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
+
+
+class _Stats:
+    """Per-row mean and sum of squared deviations, merged block by block (Chan et al.)."""
+
+    def __init__(self):
+        self.count = 0
+        self.mean: list = []
+        self.m2: list = []
+
+    def add(self, xp, contributions: list) -> None:
+        s = contributions[0].shape[1]
+        means = [xp.mean(g, axis=1) for g in contributions]
+        m2s = [xp.sum((g - xp.expand_dims(mu, axis=1)) ** 2, axis=1) for g, mu in zip(contributions, means)]
+        if self.count == 0:
+            self.mean, self.m2 = means, m2s
+        else:
+            total = self.count + s
+            for k, (mu, m2) in enumerate(zip(means, m2s)):
+                d = mu - self.mean[k]
+                self.mean[k] = self.mean[k] + d * (s / total)
+                self.m2[k] = self.m2[k] + m2 + d * d * (self.count * s / total)
+        self.count += s
+
+
+def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stdevs, key, batch_size, bar):
+    """Values and standard errors for one target; lists of arrays per input."""
+    n, nb = x[0].shape[0], background[0].shape[0]
+    dtype = x[0].dtype
+    acc = _accumulation_dtype(xp, dtype)
+    device = aac.device(x[0])
+    feat = [tuple(a.shape[1:]) for a in x]
+    sizes = [math.prod(f) for f in feat]
+    k_rows = max(1, batch_size // n_samples)
+    s_size = min(n_samples, batch_size)
+    chunk_points = k_rows * s_size
+    n_out = cot_rows.shape[1]
+    values, m2 = [[] for _ in x], [[] for _ in x]
+    for r0 in range(0, n, k_rows):
+        r1 = min(n, r0 + k_rows)
+        k = r1 - r0
+        rows = np.arange(r0, r1)
+        index, alpha = _sampling.draw(sampler, key, rows, n_samples, nb)
+        index = xp.asarray(index, device=device)
+        alpha = xp.asarray(alpha, dtype=acc, device=device)
+        x_rows = [xp.expand_dims(xp.astype(a[r0:r1], acc, copy=False), axis=1) for a in x]
+        cot = xp.expand_dims(cot_rows[r0:r1], axis=1)
+        stats = _Stats()
+        for s0 in range(0, n_samples, s_size):
+            s1 = min(n_samples, s0 + s_size)
+            s = s1 - s0
+            flat_index = xp.reshape(index[:, s0:s1], (k * s,))
+            points, diffs = [], []
+            for pos, (xr, bg, fshape, size) in enumerate(zip(x_rows, background, feat, sizes)):
+                base = xp.reshape(xp.astype(xp.take(bg, flat_index, axis=0), acc, copy=False), (k, s, *fshape))
+                if stdevs > 0:
+                    noise = _sampling.normals(key, rows, s * size, _sampling.STREAM_NOISE + pos, start=s0 * size)
+                    xr = xr + stdevs * xp.asarray(np.reshape(noise, (k, s, *fshape)), dtype=acc, device=device)
+                diff = xr - base
+                a = xp.reshape(alpha[:, s0:s1], (k, s) + (1,) * len(fshape))
+                point = base + a * diff
+                points.append(xp.astype(xp.reshape(point, (k * s, *fshape)), dtype, copy=False))
+                diffs.append(diff)
+            cots = xp.reshape(xp.broadcast_to(cot, (k, s, n_out)), (k * s, n_out))
+            if adapter.pads and k * s < chunk_points:
+                padded = _pad(xp, (*points, cots), chunk_points)
+                _, grads = adapter.value_and_grad(padded[:-1], padded[-1])
+                grads = tuple(g[: k * s] for g in grads)
+            else:
+                _, grads = adapter.value_and_grad(tuple(points), cots)
+            contributions = [
+                d * xp.reshape(xp.astype(g, acc, copy=False), (k, s, *fshape))
+                for d, g, fshape in zip(diffs, grads, feat)
+            ]
+            stats.add(xp, contributions)
+            if bar is not None:
+                bar.update(k * s)
+        for pos in range(len(x)):
+            values[pos].append(stats.mean[pos])
+            m2[pos].append(stats.m2[pos])
+    values = [v[0] if len(v) == 1 else xp.concat(v, axis=0) for v in values]
+    m2 = [v[0] if len(v) == 1 else xp.concat(v, axis=0) for v in m2]
+    if n_samples > 1:
+        stderr = [xp.sqrt(v / (n_samples * (n_samples - 1))) for v in m2]
+    else:
+        stderr = [xp.full(v.shape, math.inf, dtype=acc, device=device) for v in m2]
+    return values, stderr
+
+
+def _check_gradients(xp, values: list, name: str) -> None:
+    if _validation.is_lazy(values[0]):
+        return
+    n = values[0].shape[0]
+    bad = None
+    for v in values:
+        rows = xp.any(~xp.isfinite(xp.reshape(v, (n, -1))), axis=1)
+        bad = rows if bad is None else (bad | rows)
+    if bool(xp.any(bad)):
+        idx = [i for i in range(n) if bool(bad[i])]
+        shown = ", ".join(map(str, idx[:10])) + (" ..." if len(idx) > 10 else "")
+        msg = (
+            f"the model produced NaN or inf gradients for {name} at input row(s) {shown}; "
+            "check the model for operations that are not differentiable there (log of 0, sqrt at 0, ...)"
+        )
+        raise FloatingPointError(msg)
+
+
+def _stack(xp, arrays: list, many: bool):
+    return xp.stack(arrays, axis=-1) if many else arrays[0]
+
+
+def run(
+    adapter: Adapter,
+    x: tuple,
+    background: tuple,
+    *,
+    target: Any = None,
+    n_samples: int = 200,
+    sampler: str = "auto",
+    stdevs: float = 0.0,
+    seed: Any = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    xp: Any = None,
+) -> Result:
+    """Validate, then explain ``x`` against ``background`` through ``adapter``."""
+    n_samples = _validation.check_positive_int(n_samples, "n_samples")
+    stdevs = _validation.check_nonnegative_float(stdevs, "stdevs")
+    if not isinstance(sampler, str):
+        msg = f"`sampler` must be one of {', '.join(map(repr, _sampling.SAMPLERS))}; got {sampler!r}"
+        raise TypeError(msg)
+    xp = _validation.namespace_of(x + background, "x") if xp is None else xp
+    _validation.check_arrays(xp, x, background)
+    feature_size = sum(math.prod(a.shape[1:]) for a in x)
+    if batch_size is None:
+        batch_size = default_batch_size(feature_size)
+    batch_size = _validation.check_positive_int(batch_size, "batch_size")
+    concrete = _sampling.resolve(sampler, n_samples, background[0].shape[0])
+    key = _sampling.seed_key(seed)
+    if callable(target) and not isinstance(target, (str, type)):
+        adapter, target = adapter.compose(target), None
+    n = x[0].shape[0]
+    with adapter.session():
+        out_x = _targets.as_matrix(xp, _forward(adapter, xp, x, batch_size), n)
+        out_b = _targets.as_matrix(xp, _forward(adapter, xp, background, batch_size), background[0].shape[0],
+                                   "the model's output on `background`")
+        acc = _accumulation_dtype(xp, out_x.dtype)
+        out_x = xp.astype(out_x, acc, copy=False)
+        mean_b = xp.mean(xp.astype(out_b, acc, copy=False), axis=0)
+        selection = _targets.select(xp, target, out_x, dtype=x[0].dtype)
+        bar = _progress_bar(progress, n * n_samples * len(selection.cotangents))
+        try:
+            per_target = []
+            for cot in selection.cotangents:
+                vals, errs = _attribute(
+                    adapter, xp, x, background, cot, sampler=concrete, n_samples=n_samples,
+                    stdevs=stdevs, key=key, batch_size=batch_size, bar=bar,
+                )
+                _check_gradients(xp, vals, "the selected target")
+                cot_acc = xp.astype(cot, acc, copy=False)
+                output = xp.sum(out_x * cot_acc, axis=1)
+                base = xp.sum(xp.expand_dims(mean_b, axis=0) * cot_acc, axis=1)
+                total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, -1)), axis=1) for v in vals)
+                per_target.append((vals, errs, base, output, total - (output - base)))
+        finally:
+            if bar is not None:
+                bar.close()
+    many = selection.many
+    dtype = x[0].dtype
+    values = tuple(
+        xp.astype(_stack(xp, [t[0][pos] for t in per_target], many), dtype, copy=False) for pos in range(len(x))
+    )
+    stderr = tuple(
+        xp.astype(_stack(xp, [t[1][pos] for t in per_target], many), dtype, copy=False) for pos in range(len(x))
+    )
+    base, output, delta = (_stack(xp, [t[i] for t in per_target], many) for i in (2, 3, 4))
+    return Result(values, stderr, base, output, delta, selection.label, concrete, n_samples)
+
+
+def _progress_bar(progress: bool, total: int):
+    if not progress:
+        return None
+    from gradshap.backends import require
+
+    tqdm = require("tqdm", "plots")
+    return tqdm.tqdm(total=total, unit="grad", desc="gradshap", dynamic_ncols=True)
+
+
+class _FunctionAdapter(Adapter):
+    """A user's ``value_and_grad(points) -> (outputs, gradients)`` of a scalar function."""
+
+    name = "function"
+
+    def __init__(self, value_and_grad: Callable, n_inputs: int):
+        self._fn = value_and_grad
+        self._n_inputs = n_inputs
+
+    def _call(self, points: tuple):
+        out, grads = self._fn(points if self._n_inputs > 1 else points[0])
+        return out, grads if isinstance(grads, tuple) else (grads,)
+
+    def forward(self, points: tuple):
+        return self._call(points)[0]
+
+    def value_and_grad(self, points: tuple, cotangent):
+        return self._call(points)
+
+    def compose(self, fn: Callable):
+        msg = (
+            "a callable `target` cannot be composed with a plain `value_and_grad`; select the "
+            "output inside value_and_grad, or use gradshap.GradientExplainer"
+        )
+        raise TypeError(msg)
+
+
+def expected_gradients(
+    value_and_grad: Callable,
+    x: Any,
+    background: Any,
+    *,
+    target: Any = None,
+    n_samples: int = 200,
+    sampler: str = "auto",
+    stdevs: float = 0.0,
+    seed: Any = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    xp: Any = None,
+):
+    """Expected Gradients for any differentiable function, in any array-API namespace.
+
+    Parameters
+    ----------
+    value_and_grad : callable or Adapter
+        ``value_and_grad(points) -> (outputs, gradients)`` for a function with one scalar
+        output per row: ``outputs`` has shape ``(m,)`` and ``gradients`` the shape of
+        ``points`` (a tuple of arrays for a model with several inputs). Rows must be
+        independent (no batch statistics). An adapter from :mod:`gradshap.backends`
+        is also accepted and then supports every kind of ``target``.
+    x, background : array or tuple of arrays
+        Rows to explain, and the background rows whose distribution defines "absent".
+    target : None
+        With a plain ``value_and_grad`` the function is already scalar: leave ``None``.
+    n_samples, sampler, stdevs, seed, batch_size, progress
+        As for :class:`gradshap.GradientExplainer`.
+    xp : array namespace, optional
+        Inferred from ``x`` when not given.
+
+    Returns
+    -------
+    Explanation
+
+    Examples
+    --------
+    >>> import numpy as np, gradshap
+    >>> w = np.array([1.0, -2.0, 0.5])
+    >>> vg = lambda p: (p @ w, np.broadcast_to(w, p.shape))
+    >>> bg = np.zeros((4, 3)); x = np.ones((2, 3))
+    >>> exp = gradshap.expected_gradients(vg, x, bg, n_samples=8, seed=0)
+    >>> np.allclose(exp.values, w * (x - bg.mean(0)))
+    True
+    """
+    from gradshap.explanation import Explanation
+
+    xs = _validation.as_inputs(x, "x")
+    bgs = _validation.as_inputs(background, "background")
+    adapter = value_and_grad if isinstance(value_and_grad, Adapter) else _FunctionAdapter(value_and_grad, len(xs))
+    if not isinstance(value_and_grad, Adapter) and target is not None:
+        msg = (
+            "`target` must be None with a plain `value_and_grad`, which already returns one "
+            f"scalar per row; got {target!r}. Select the output inside value_and_grad, or use "
+            "gradshap.GradientExplainer"
+        )
+        raise ValueError(msg)
+    result = run(
+        adapter, xs, bgs, target=target, n_samples=n_samples, sampler=sampler, stdevs=stdevs,
+        seed=seed, batch_size=batch_size, progress=progress, xp=xp,
+    )
+    return Explanation.from_result(result, data=x, many_inputs=isinstance(x, (tuple, list)))

@@ -1,0 +1,101 @@
+"""GradientExplainer: a model and a background, explained by the one engine."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from gradshap import _engine, _validation, backends
+from gradshap.explanation import Explanation
+
+__all__ = ["GradientExplainer"]
+
+
+class GradientExplainer:
+    """Expected Gradients (GradientSHAP) for a model of any supported framework.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, JAX callable, Flax NNX or Equinox module, keras.Model,
+        tf.Module / callable of tensors, or with ``framework="numpy"`` a pair ``(f, grad_f)``.
+        The model maps a batch ``(m, *features)`` (or one batch per input) to ``(m,)``
+        or ``(m, n_outputs)``.
+    background : array or tuple of arrays
+        Background rows, in the model's framework, dtype and device. Its rows define
+        what "absent" means: the estimate converges to the average of path integrals from
+        each background row to ``x``.
+    framework : {"torch", "jax", "keras", "tensorflow", "numpy"}, optional
+        Detected from the model and arrays when not given.
+    batch_size : int, optional
+        Most points sent through the model at once; sets peak memory. By default it
+        is chosen from the input size.
+    feature_names : sequence of str, optional
+        Carried into every Explanation.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        background: Any,
+        *,
+        framework: str | None = None,
+        batch_size: int | None = None,
+        feature_names: Sequence[str] | None = None,
+    ):
+        self.background = background
+        self._background = _validation.as_inputs(background, "background")
+        self._xp = _validation.namespace_of(self._background, "background")
+        self.adapter = backends.make(model, framework, self._background)
+        self.framework = self.adapter.name
+        self.model = model
+        self.batch_size = None if batch_size is None else _validation.check_positive_int(batch_size, "batch_size")
+        self.feature_names = None if feature_names is None else list(feature_names)
+
+    def __call__(
+        self,
+        x: Any,
+        *,
+        target: Any = None,
+        n_samples: int = 200,
+        sampler: str = "auto",
+        stdevs: float = 0.0,
+        seed: Any = None,
+        progress: bool = False,
+    ) -> Explanation:
+        """Explain the rows of ``x``.
+
+        Parameters
+        ----------
+        x : array or tuple of arrays
+            Rows to explain, ``(n, *features)``, like ``background``.
+        target : None, int, array of ints, "predicted", list of ints, or callable
+            Which output to explain: ``None`` for a single-output model; an int for one
+            output of every row; an array (``(n,)`` ints) for one output per row;
+            ``"predicted"`` for each row's argmax; a list of ints for several outputs
+            (results gain a trailing axis); a callable ``outputs -> (m,)`` in the
+            model's framework for anything else.
+        n_samples : int
+            Gradient evaluations per row (and target).
+        sampler : {"auto", "iid", "balanced"}
+            Sampling design of (baseline, alpha) pairs; see the README.
+        stdevs : float
+            Standard deviation of Gaussian noise added to ``x`` per sample (SmoothGrad-style
+            local smoothing). The completeness target becomes ``E f(x + noise) - E f(b)``.
+        seed : int, numpy.random.Generator or None
+            Fixes every draw. The same seed gives the same values for any batch size and
+            in every framework.
+        progress : bool
+            Show a tqdm progress bar.
+        """
+        xs = _validation.as_inputs(x, "x")
+        xp = _validation.namespace_of(xs + self._background, "x")
+        result = _engine.run(
+            self.adapter, xs, self._background, target=target, n_samples=n_samples,
+            sampler=sampler, stdevs=stdevs, seed=seed, batch_size=self.batch_size,
+            progress=progress, xp=xp,
+        )
+        return Explanation.from_result(
+            result, data=x, many_inputs=isinstance(x, (tuple, list)), feature_names=self.feature_names
+        )
+
+    def __repr__(self) -> str:
+        return f"GradientExplainer(framework={self.framework!r}, batch_size={self.batch_size})"

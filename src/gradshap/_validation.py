@@ -1,0 +1,166 @@
+"""Input checks. Every message names the argument and shows what was expected and received."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import array_api_compat as aac
+
+__all__ = [
+    "as_inputs",
+    "check_arrays",
+    "check_positive_int",
+    "check_nonnegative_float",
+    "is_lazy",
+    "namespace_of",
+]
+
+
+def shape_str(shape: tuple) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def type_name(obj: Any) -> str:
+    t = type(obj)
+    return f"{t.__module__}.{t.__qualname__}" if t.__module__ != "builtins" else t.__qualname__
+
+
+def as_inputs(value: Any, name: str) -> tuple:
+    """A model's input(s) as a tuple: one array, or a tuple/list of arrays for several inputs."""
+    if isinstance(value, (tuple, list)):
+        if len(value) == 0:
+            msg = f"`{name}` is an empty {type(value).__name__}; expected an array or a tuple of arrays"
+            raise ValueError(msg)
+        return tuple(value)
+    return (value,)
+
+
+def is_lazy(a: Any) -> bool:
+    """True for arrays whose values are not known yet (JAX tracers): skip value checks."""
+    return aac.is_lazy_array(a)
+
+
+def namespace_of(arrays: tuple, name: str):
+    """The array namespace of ``arrays``, with a clear error for non-arrays."""
+    for k, a in enumerate(arrays):
+        if not aac.is_array_api_obj(a) and not _is_tf_tensor(a):
+            where = f"`{name}`" if len(arrays) == 1 else f"`{name}[{k}]`"
+            msg = (
+                f"{where} must be an array of the model's framework (numpy.ndarray, "
+                f"torch.Tensor, jax.Array, tf.Tensor); got {type_name(a)}"
+            )
+            raise TypeError(msg)
+    if _is_tf_tensor(arrays[0]):
+        from gradshap.backends import tensorflow as tf_backend
+
+        return tf_backend.namespace()
+    try:
+        return aac.array_namespace(*arrays)
+    except TypeError as err:
+        kinds = sorted({type_name(a) for a in arrays})
+        msg = (
+            f"`x` and `background` must be arrays of one framework (the model's); got "
+            f"{', '.join(kinds)}. gradshap never converts silently: convert them to one type"
+        )
+        raise TypeError(msg) from err
+
+
+def _is_tf_tensor(a: Any) -> bool:
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(a, (tf.Tensor, tf.Variable))
+
+
+def _floating(xp, dtype) -> bool:
+    try:
+        return xp.isdtype(dtype, "real floating")
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def check_arrays(xp, x: tuple, background: tuple) -> None:
+    """Shapes, dtypes, devices and finiteness of ``x`` and ``background``."""
+    if len(x) != len(background):
+        msg = (
+            f"`x` has {len(x)} input(s) but `background` has {len(background)}; "
+            "pass one array per model input to both"
+        )
+        raise ValueError(msg)
+    many = len(x) > 1
+    for k, (xi, bi) in enumerate(zip(x, background)):
+        xn = f"`x[{k}]`" if many else "`x`"
+        bn = f"`background[{k}]`" if many else "`background`"
+        if bi.ndim < 1:
+            msg = f"{bn} must have a leading batch axis; got shape {shape_str(bi.shape)}"
+            raise ValueError(msg)
+        if bi.shape[0] == 0:
+            msg = f"{bn} has zero rows (shape {shape_str(bi.shape)}); expected at least one background row"
+            raise ValueError(msg)
+        feat = tuple(bi.shape[1:])
+        if tuple(xi.shape) == feat:
+            msg = (
+                f"{xn} has shape {shape_str(tuple(xi.shape))}, which is one row without a batch axis; "
+                f"expected {shape_str(('n', *feat))}. Pass x[None] to explain one row"
+            )
+            raise ValueError(msg)
+        if tuple(xi.shape[1:]) != feat or xi.ndim < 1:
+            msg = (
+                f"{xn} and {bn} disagree on the feature shape: expected {xn} of shape "
+                f"{shape_str(('n', *feat))}, got {shape_str(tuple(xi.shape))} "
+                f"(background is {shape_str(tuple(bi.shape))})"
+            )
+            raise ValueError(msg)
+        for arr, nm in ((xi, xn), (bi, bn)):
+            if not _floating(xp, arr.dtype):
+                msg = (
+                    f"{nm} has dtype {arr.dtype}; expected a real floating dtype. Gradients need "
+                    "continuous inputs: for token ids or categories, explain the embedding output "
+                    "instead (pass the embedded inputs and the rest of the model)"
+                )
+                raise TypeError(msg)
+        if xi.dtype != bi.dtype:
+            msg = (
+                f"{xn} has dtype {xi.dtype} but {bn} has dtype {bi.dtype}; gradshap never casts "
+                "silently: convert one of them to the model's dtype"
+            )
+            raise TypeError(msg)
+        if aac.device(xi) != aac.device(bi):
+            msg = (
+                f"{xn} is on device {aac.device(xi)} but {bn} is on {aac.device(bi)}; gradshap never "
+                "copies silently: move both to the model's device"
+            )
+            raise ValueError(msg)
+        for arr, nm in ((xi, xn), (bi, bn)):
+            if not is_lazy(arr) and not bool(xp.all(xp.isfinite(arr))):
+                bad = xp.reshape(~xp.isfinite(arr), (arr.shape[0], -1))
+                rows = [int(r) for r in _nonzero_rows(xp, bad)]
+                shown = ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")
+                msg = f"{nm} contains NaN or inf in row(s) {shown}; expected finite values"
+                raise ValueError(msg)
+
+
+def _nonzero_rows(xp, bad2d):
+    flags = xp.any(bad2d, axis=1)
+    return [i for i in range(flags.shape[0]) if bool(flags[i])]
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        msg = f"`{name}` must be a positive int; got {value!r} of type {type(value).__name__}"
+        raise TypeError(msg)
+    if value <= 0:
+        msg = f"`{name}` must be a positive int (>= 1); got {value}"
+        raise ValueError(msg)
+    return int(value)
+
+
+def check_nonnegative_float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        msg = f"`{name}` must be a non-negative number; got {value!r} of type {type(value).__name__}"
+        raise TypeError(msg)
+    if not value >= 0 or value != value or value == float("inf"):
+        msg = f"`{name}` must be a finite number >= 0; got {value}"
+        raise ValueError(msg)
+    return float(value)

@@ -1,0 +1,89 @@
+"""Framework adapters. Each module here has the same small shape:
+
+- ``recognizes(model, arrays) -> bool``: looks only at ``sys.modules``; never imports.
+- ``make(model) -> Adapter``: imports its framework and wraps the model.
+
+An adapter supplies what the engine cannot write in the array API: the model's forward
+pass and one vector-Jacobian product per chunk, on the model's own device and dtype.
+Everything else (sampling, interpolation, accumulation, statistics, batching) is the
+engine's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Any, Callable
+
+__all__ = ["Adapter", "FRAMEWORKS", "detect", "make", "require"]
+
+#: Frameworks in the order they are tried. Keras comes first because a Keras model on
+#: the torch backend is also a torch.nn.Module, and on TensorFlow a tf.Module.
+FRAMEWORKS = ("keras", "torch", "tensorflow", "jax", "numpy")
+
+_EXTRAS = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow", "keras": "keras",
+           "flax": "jax", "equinox": "jax", "tqdm": "plots", "matplotlib": "plots"}
+
+
+def require(module: str, extra: str | None = None):
+    """Import ``module`` or raise an ImportError that says what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        extra = extra or _EXTRAS.get(module.split(".")[0], module)
+        msg = f"this needs `{module}`, which is not installed: pip install gradshap[{extra}]"
+        raise ImportError(msg) from err
+
+
+class Adapter:
+    """What every adapter provides. Points are always a tuple, one array per model input."""
+
+    name: str = "?"
+    #: Array namespace of the model's arrays.
+    xp: Any = None
+    #: True where each new chunk shape costs a compile or trace (JAX, tf.function): the
+    #: engine then pads every chunk to one shape.
+    pads: bool = False
+
+    def forward(self, points: tuple):
+        """Model outputs at ``points``, without gradients."""
+        raise NotImplementedError
+
+    def value_and_grad(self, points: tuple, cotangent) -> tuple[Any, tuple]:
+        """Outputs at ``points`` and the VJP of the outputs with ``cotangent`` (m, K)."""
+        raise NotImplementedError
+
+    def compose(self, fn: Callable) -> "Adapter":
+        """The same model followed by ``fn`` (a callable target)."""
+        raise NotImplementedError
+
+    def session(self) -> contextlib.AbstractContextManager:
+        """Context for one explanation: inference mode, with all model state restored after."""
+        return contextlib.nullcontext()
+
+
+def _module(name: str):
+    return importlib.import_module(f"gradshap.backends.{name}")
+
+
+def detect(model: Any, arrays: tuple) -> str:
+    """The framework of ``model`` and ``arrays``, without importing any framework."""
+    for name in FRAMEWORKS:
+        if _module(name).recognizes(model, arrays):
+            return name
+    kinds = ", ".join(type(a).__name__ for a in arrays)
+    msg = (
+        f"could not tell the framework of `model` ({type(model).__name__}) with arrays of type "
+        f"{kinds}; pass framework= one of {', '.join(map(repr, FRAMEWORKS))}"
+    )
+    raise TypeError(msg)
+
+
+def make(model: Any, framework: str | None, arrays: tuple) -> Adapter:
+    """An adapter for ``model``; ``framework=None`` detects it."""
+    if framework is None:
+        framework = detect(model, arrays)
+    if framework not in FRAMEWORKS:
+        msg = f"`framework` must be one of {', '.join(map(repr, FRAMEWORKS))} or None; got {framework!r}"
+        raise ValueError(msg)
+    return _module(framework).make(model)
