@@ -65,11 +65,11 @@ def _forward(adapter: Adapter, xp, inputs: tuple, batch: int):
     n = inputs[0].shape[0]
     outs = []
     for r0 in range(0, n, batch):
-        part = tuple(a[r0 : r0 + batch] for a in inputs)
+        part = tuple(a[r0 : min(n, r0 + batch), ...] for a in inputs)
         m = part[0].shape[0]
         if adapter.pads:
             part = _pad(xp, part, batch)
-        outs.append(adapter.forward(part)[:m])
+        outs.append(adapter.forward(part)[:m, ...])
     return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
 
 
@@ -116,8 +116,8 @@ def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stde
         index, alpha = _sampling.draw(sampler, key, rows, n_samples, nb)
         index = xp.asarray(index, device=device)
         alpha = xp.asarray(alpha, dtype=acc, device=device)
-        x_rows = [xp.expand_dims(xp.astype(a[r0:r1], acc, copy=False), axis=1) for a in x]
-        cot = xp.expand_dims(cot_rows[r0:r1], axis=1)
+        x_rows = [xp.expand_dims(xp.astype(a[r0:r1, ...], acc, copy=False), axis=1) for a in x]
+        cot = xp.expand_dims(cot_rows[r0:r1, ...], axis=1)
         stats = _Stats()
         for s0 in range(0, n_samples, s_size):
             s1 = min(n_samples, s0 + s_size)
@@ -138,7 +138,7 @@ def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stde
             if adapter.pads and k * s < chunk_points:
                 padded = _pad(xp, (*points, cots), chunk_points)
                 _, grads = adapter.value_and_grad(padded[:-1], padded[-1])
-                grads = tuple(g[: k * s] for g in grads)
+                grads = tuple(g[: k * s, ...] for g in grads)
             else:
                 _, grads = adapter.value_and_grad(tuple(points), cots)
             contributions = [

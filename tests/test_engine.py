@@ -1,0 +1,283 @@
+"""Core engine: exactness on linear models, seeds, chunking, targets, several inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradshap
+from gradshap import _sampling
+from conftest import import_or_fail
+from models import jax_mlp, linear_weights, mlp_weights, numpy_mlp, torch_mlp
+
+
+def make_linear(framework: str, w: np.ndarray, b: np.ndarray):
+    """(model, to_framework_array) for f(x) = x @ w + b in float64."""
+    if framework == "numpy":
+        f = lambda p: p @ w + b  # noqa: E731
+        g = lambda p: np.broadcast_to(w[:, 0], p.shape) if w.shape[1] == 1 else np.broadcast_to(w.T, (p.shape[0], *w.T.shape))  # noqa: E731
+        return (f, g), (lambda a: np.asarray(a, dtype=np.float64))
+    if framework == "torch":
+        torch = import_or_fail("torch")
+        lin = torch.nn.Linear(*w.shape).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.as_tensor(w.T))
+            lin.bias.copy_(torch.as_tensor(b))
+        return lin, (lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64)))
+    jax = import_or_fail("jax")
+    jnp = jax.numpy
+    wj, bj = jnp.asarray(w), jnp.asarray(b)
+    return (lambda p: p @ wj + bj), (lambda a: jnp.asarray(np.asarray(a, dtype=np.float64)))
+
+
+def np_(a):
+    return gradshap.explanation.to_numpy(a)
+
+
+def drawn_mean(seed, sampler, n_rows, n_samples, background):
+    """Mean of the baselines the sampler draws for each row, from the same seed."""
+    concrete = _sampling.resolve(sampler, n_samples, background.shape[0])
+    index, _ = _sampling.draw(concrete, _sampling.seed_key(seed), np.arange(n_rows), n_samples, background.shape[0])
+    return background[index].mean(axis=1)
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("sampler", ["iid", "balanced", "auto"])
+@pytest.mark.parametrize("n_samples,seed", [(1, 0), (7, 1), (50, 12345)])
+def test_linear_equals_weight_times_distance_to_drawn_baselines(framework, sampler, n_samples, seed, rng):
+    w, b = linear_weights(rng, 5)
+    bg, x = rng.normal(size=(13, 5)), rng.normal(size=(4, 5))
+    model, arr = make_linear(framework, w, b)
+    exp = gradshap.GradientExplainer(model, arr(bg), framework=framework)(arr(x), n_samples=n_samples, sampler=sampler, seed=seed)
+    expected = w[:, 0] * (x - drawn_mean(seed, sampler, 4, n_samples, bg))
+    np.testing.assert_allclose(np_(exp.values), expected, rtol=0, atol=1e-10)
+    # Completeness residual of a linear model is exactly the baseline-sampling error.
+    np.testing.assert_allclose(np_(exp.delta), (expected - w[:, 0] * (x - bg.mean(0))).sum(1), atol=1e-10)
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_linear_balanced_covering_background_is_exact(framework, rng):
+    w, b = linear_weights(rng, 4)
+    bg, x = rng.normal(size=(8, 4)), rng.normal(size=(5, 4))
+    model, arr = make_linear(framework, w, b)
+    exp = gradshap.GradientExplainer(model, arr(bg))(arr(x), n_samples=24, sampler="balanced", seed=3)
+    np.testing.assert_allclose(np_(exp.values), w[:, 0] * (x - bg.mean(0)), atol=1e-12)
+    np.testing.assert_allclose(np_(exp.delta), 0.0, atol=1e-12)
+    np.testing.assert_allclose(np_(exp.base_values), (bg @ w + b).mean(), atol=1e-12)
+    np.testing.assert_allclose(np_(exp.output), (x @ w + b)[:, 0], atol=1e-12)
+
+
+def test_seed_fixes_result_for_every_batch_size(rng):
+    weights = mlp_weights(rng)
+    bg, x = rng.normal(size=(9, 6)), rng.normal(size=(5, 6))
+    explainer = gradshap.GradientExplainer(numpy_mlp(weights), bg, framework="numpy")
+    results = []
+    for batch_size in (1, 7, 10000):
+        explainer.batch_size = batch_size
+        exp = explainer(x, target=[0, 2], n_samples=40, seed=99, stdevs=0.1)
+        results.append((exp.values, exp.stderr, exp.delta))
+    for values, stderr, delta in results[1:]:
+        np.testing.assert_allclose(values, results[0][0], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(stderr, results[0][1], rtol=1e-10, atol=1e-15)
+        np.testing.assert_allclose(delta, results[0][2], rtol=1e-10, atol=1e-13)
+
+
+def test_rows_do_not_depend_on_their_neighbours(rng):
+    """Row r draws from (seed, r): explaining a prefix gives the prefix's values."""
+    weights = mlp_weights(rng)
+    bg, x = rng.normal(size=(9, 6)), rng.normal(size=(6, 6))
+    explainer = gradshap.GradientExplainer(numpy_mlp(weights), bg, framework="numpy")
+    full = explainer(x, target=1, n_samples=16, seed=5, sampler="iid")
+    part = explainer(x[:3], target=1, n_samples=16, seed=5, sampler="iid")
+    np.testing.assert_allclose(part.values, full.values[:3], rtol=1e-13)
+    other = explainer(x, target=1, n_samples=16, seed=6, sampler="iid")
+    assert np.abs(other.values - full.values).max() > 1e-3
+
+
+def test_torch_and_jax_agree_in_float64(rng):
+    weights = mlp_weights(rng)
+    torch = import_or_fail("torch")
+    jnp = import_or_fail("jax").numpy
+    bg, x = rng.normal(size=(10, 6)), rng.normal(size=(4, 6))
+    kw = dict(target="predicted", n_samples=64, seed=2026, stdevs=0.05)
+    t = gradshap.GradientExplainer(torch_mlp(weights), torch.as_tensor(bg))(torch.as_tensor(x), **kw)
+    j = gradshap.GradientExplainer(jax_mlp(weights), jnp.asarray(bg))(jnp.asarray(x), **kw)
+    n = gradshap.GradientExplainer(numpy_mlp(weights), bg, framework="numpy")(x, **kw)
+    for a, b in ((t, j), (t, n)):
+        np.testing.assert_allclose(np_(a.values), np_(b.values), rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(np_(a.stderr), np_(b.stderr), rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(np_(a.delta), np_(b.delta), rtol=1e-8, atol=1e-12)
+    assert np.abs(np_(t.values)).max() > 0.05  # not trivially zero
+
+
+def test_nonlinear_error_falls_with_samples_and_is_within_stderr(rng):
+    weights = mlp_weights(rng)
+    model = numpy_mlp(weights)
+    bg, x = rng.normal(size=(20, 6)), rng.normal(size=(6, 6))
+    explainer = gradshap.GradientExplainer(model, bg, framework="numpy")
+    reference = explainer(x, target=0, n_samples=20000, sampler="iid", seed=0).values
+    errors, zs = [], []
+    for n in (25, 100, 400, 1600):
+        exp = explainer(x, target=0, n_samples=n, sampler="iid", seed=n)
+        errors.append(np.linalg.norm(exp.values - reference) / np.linalg.norm(reference))
+        zs.append(((exp.values - reference) / exp.stderr).ravel())
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    # error ~ n^-1/2: 64x the samples cuts it by about 8
+    assert 4 < errors[0] / errors[-1] < 16, errors
+    z = np.concatenate(zs)
+    assert np.mean(np.abs(z) < 3) > 0.95, np.mean(np.abs(z) < 3)
+    assert 0.7 < np.std(z) < 1.4, np.std(z)
+
+
+def test_several_targets_stack_on_a_trailing_axis(rng):
+    weights = mlp_weights(rng)
+    bg, x = rng.normal(size=(7, 6)), rng.normal(size=(4, 6))
+    explainer = gradshap.GradientExplainer(numpy_mlp(weights), bg, framework="numpy")
+    many = explainer(x, target=[2, 0], n_samples=20, seed=1)
+    assert many.values.shape == (4, 6, 2) and many.delta.shape == (4, 2)
+    for k, t in enumerate((2, 0)):
+        one = explainer(x, target=t, n_samples=20, seed=1)
+        np.testing.assert_allclose(many.values[..., k], one.values, rtol=1e-13)
+        np.testing.assert_allclose(many.base_values[:, k], one.base_values, rtol=1e-13)
+    assert many.target == (2, 0)
+
+
+def test_per_row_predicted_and_callable_targets(rng):
+    weights = mlp_weights(rng)
+    f, _ = numpy_mlp(weights)
+    bg, x = rng.normal(size=(7, 6)), rng.normal(size=(5, 6))
+    explainer = gradshap.GradientExplainer(numpy_mlp(weights), bg, framework="numpy")
+    per_row = np.array([0, 2, 1, 1, 0])
+    exp = explainer(x, target=per_row, n_samples=16, seed=4)
+    for r, t in enumerate(per_row):
+        one = explainer(x, target=int(t), n_samples=16, seed=4)
+        np.testing.assert_allclose(exp.values[r], one.values[r], rtol=1e-13)
+        np.testing.assert_allclose(exp.output[r], f(x)[r, t], rtol=1e-13)
+    predicted = explainer(x, target="predicted", n_samples=16, seed=4)
+    np.testing.assert_array_equal(predicted.target, f(x).argmax(1))
+    np.testing.assert_allclose(predicted.output, f(x).max(1), rtol=1e-13)
+
+
+def test_callable_target_in_torch(rng):
+    torch = import_or_fail("torch")
+    weights = mlp_weights(rng)
+    model = torch_mlp(weights)
+    bg, x = torch.as_tensor(rng.normal(size=(7, 6))), torch.as_tensor(rng.normal(size=(5, 6)))
+    explainer = gradshap.GradientExplainer(model, bg)
+    diff = explainer(x, target=lambda out: out[:, 0] - out[:, 2], n_samples=16, seed=4)
+    a = explainer(x, target=0, n_samples=16, seed=4)
+    b = explainer(x, target=2, n_samples=16, seed=4)
+    torch.testing.assert_close(diff.values, a.values - b.values, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(diff.output, a.output - b.output, rtol=1e-12, atol=1e-14)
+
+
+def test_several_inputs_draw_baselines_jointly(rng):
+    """A two-input model equals the one-input model on the concatenated features."""
+    torch = import_or_fail("torch")
+    weights = mlp_weights(rng)
+    net = torch_mlp(weights)
+
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, a, b):
+            return self.net(torch.cat([a, b.reshape(b.shape[0], -1)], dim=1))
+
+    bg, x = torch.as_tensor(rng.normal(size=(9, 6))), torch.as_tensor(rng.normal(size=(4, 6)))
+    split = lambda t: (t[:, :2], t[:, 2:].reshape(-1, 2, 2))  # noqa: E731
+    joint = gradshap.GradientExplainer(TwoInputs(), split(bg))(split(x), target=1, n_samples=30, seed=8)
+    single = gradshap.GradientExplainer(net, bg)(x, target=1, n_samples=30, seed=8)
+    assert isinstance(joint.values, tuple) and joint.values[1].shape == (4, 2, 2)
+    torch.testing.assert_close(joint.values[0], single.values[:, :2], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(joint.values[1].reshape(4, 4), single.values[:, 2:], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(joint.delta, single.delta, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax", "numpy"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_results_keep_namespace_dtype_and_device(framework, dtype, rng):
+    w, b = linear_weights(rng, 3, 2)
+    model, arr = make_linear(framework, w, b)
+    if framework == "torch":
+        torch = import_or_fail("torch")
+        model = model.to(getattr(torch, dtype))
+        conv = lambda a: arr(a).to(getattr(torch, dtype))  # noqa: E731
+    elif framework == "jax":
+        jnp = import_or_fail("jax").numpy
+        conv = lambda a: jnp.asarray(a, dtype=dtype)  # noqa: E731
+        model = lambda p, m=model: (p @ jnp.asarray(w, dtype) + jnp.asarray(b, dtype))  # noqa: E731
+    else:
+        conv = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
+    bg, x = conv(rng.normal(size=(6, 3))), conv(rng.normal(size=(2, 3)))
+    exp = gradshap.GradientExplainer(model, bg, framework=framework)(x, target=1, n_samples=4, seed=0)
+    for a in (exp.values, exp.stderr):
+        assert type(a) is type(x)
+        assert str(a.dtype).endswith(dtype)
+        assert a.shape == x.shape
+    import array_api_compat as aac
+
+    assert aac.device(exp.values) == aac.device(x)
+    assert exp.sampler == "balanced" and exp.n_samples == 4
+
+
+def test_seed_examples_image_three_features():
+    """seeds/001, example 1: x=[0.8,0.6,0.9], black baseline, gradient [0.7,0.4,0.8]."""
+    grad = np.array([0.7, 0.4, 0.8])
+    model = (lambda p: p @ grad, lambda p: np.broadcast_to(grad, p.shape))
+    exp = gradshap.GradientExplainer(model, np.zeros((1, 3)), framework="numpy")(
+        np.array([[0.8, 0.6, 0.9]]), n_samples=5, seed=0
+    )
+    np.testing.assert_allclose(exp.values, [[0.56, 0.24, 0.72]], atol=1e-12)
+    assert list(np.argsort(-exp.values[0])) == [2, 0, 1]  # eyes > ears > whiskers
+    np.testing.assert_allclose(exp.delta, 0.0, atol=1e-12)
+
+
+def test_seed_examples_credit_three_baselines():
+    """seeds/001, example 2: three baselines with attributions averaged to [0.45, -0.15]."""
+    x = np.array([80e3, 20e3])
+    baselines = np.array([[30e3, 10e3], [50e3, 15e3], [40e3, 5e3]])
+    per_baseline = np.array([[0.45, -0.15], [0.38, -0.12], [0.52, -0.18]])
+    gradient_on_path = per_baseline / (x - baselines)
+
+    def grad_f(p):
+        # The gradient field of the example: constant along each baseline's path to x.
+        direction = (x - p) / np.linalg.norm(x - p, axis=1, keepdims=True)
+        unit = (x - baselines) / np.linalg.norm(x - baselines, axis=1, keepdims=True)
+        return gradient_on_path[np.argmax(direction @ unit.T, axis=1)]
+
+    model = (lambda p: np.zeros(p.shape[0]), grad_f)
+    exp = gradshap.GradientExplainer(model, baselines, framework="numpy")(x[None], n_samples=30, sampler="balanced", seed=7)
+    np.testing.assert_allclose(exp.values, [[0.45, -0.15]], atol=1e-12)
+
+
+def test_functional_core_with_plain_value_and_grad(rng):
+    w = rng.normal(size=4)
+    bg, x = rng.normal(size=(8, 4)), rng.normal(size=(3, 4))
+    exp = gradshap.expected_gradients(
+        lambda p: (p @ w, np.broadcast_to(w, p.shape)), x, bg, n_samples=16, sampler="balanced", seed=1
+    )
+    np.testing.assert_allclose(exp.values, w * (x - bg.mean(0)), atol=1e-12)
+    with pytest.raises(ValueError, match="`target` must be None"):
+        gradshap.expected_gradients(lambda p: (p @ w, p), x, bg, target=0)
+
+
+def test_progress_bar_counts_every_gradient(rng, capsys):
+    bg, x = rng.normal(size=(4, 3)), rng.normal(size=(5, 3))
+    w = rng.normal(size=3)
+    gradshap.expected_gradients(lambda p: (p @ w, np.broadcast_to(w, p.shape)), x, bg, n_samples=10, progress=True, batch_size=8)
+    err = capsys.readouterr().err
+    assert "50/50" in err
+
+
+def test_smoothing_noise_enters_interpolation_and_multiplier(rng):
+    """Linear model with stdevs: values = w * (x + mean noise - mean baseline)."""
+    w = rng.normal(size=3)
+    bg, x = rng.normal(size=(6, 3)), rng.normal(size=(2, 3))
+    model = (lambda p: p @ w, lambda p: np.broadcast_to(w, p.shape))
+    exp = gradshap.GradientExplainer(model, bg, framework="numpy")(x, n_samples=12, sampler="balanced", stdevs=0.5, seed=3)
+    key = _sampling.seed_key(3)
+    noise = _sampling.normals(key, np.arange(2), 12 * 3, _sampling.STREAM_NOISE).reshape(2, 12, 3) * 0.5
+    np.testing.assert_allclose(exp.values, w * (x + noise.mean(1) - bg.mean(0)), atol=1e-12)
+    assert np.abs(noise.mean(1)).max() > 1e-3

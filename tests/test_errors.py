@@ -1,0 +1,139 @@
+"""Bad input gets an early, clear error naming the argument and the shapes or dtypes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradshap
+from conftest import import_or_fail
+
+
+def linear(w):
+    return (lambda p: p @ w, lambda p: np.broadcast_to(w, p.shape))
+
+
+@pytest.fixture
+def explainer(rng):
+    return gradshap.GradientExplainer(linear(rng.normal(size=3)), rng.normal(size=(5, 3)), framework="numpy")
+
+
+def test_feature_shape_mismatch(explainer):
+    with pytest.raises(ValueError, match=r"`x` and `background` disagree.*\(n, 3\), got \(2, 4\)"):
+        explainer(np.zeros((2, 4)))
+
+
+def test_single_row_without_batch_axis(explainer):
+    with pytest.raises(ValueError, match=r"one row without a batch axis.*x\[None\]"):
+        explainer(np.zeros(3))
+
+
+def test_empty_background(rng):
+    ex = gradshap.GradientExplainer(linear(np.ones(3)), np.zeros((0, 3)), framework="numpy")
+    with pytest.raises(ValueError, match=r"`background` has zero rows \(shape \(0, 3\)\)"):
+        ex(np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_input(explainer, bad):
+    x = np.zeros((4, 3))
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match=r"`x` contains NaN or inf in row\(s\) 2"):
+        explainer(x)
+
+
+def test_integer_input_suggests_embedding(explainer):
+    with pytest.raises(TypeError, match=r"`x` has dtype int64.*embedding"):
+        explainer(np.zeros((2, 3), dtype=np.int64))
+
+
+def test_dtype_mismatch_is_not_cast(explainer):
+    with pytest.raises(TypeError, match=r"`x` has dtype float32 but `background` has dtype float64"):
+        explainer(np.zeros((2, 3), dtype=np.float32))
+
+
+def test_mixed_frameworks_are_not_converted(rng):
+    torch = import_or_fail("torch")
+    model = torch.nn.Linear(3, 1).double()
+    ex = gradshap.GradientExplainer(model, torch.zeros(4, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="one framework"):
+        ex(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,pattern",
+    [
+        (dict(n_samples=0), ValueError, r"`n_samples` must be a positive int \(>= 1\); got 0"),
+        (dict(n_samples=2.5), TypeError, r"`n_samples` must be a positive int"),
+        (dict(stdevs=-1.0), ValueError, r"`stdevs` must be a finite number >= 0"),
+        (dict(sampler="sobolx"), ValueError, r"`sampler` must be one of 'auto', 'iid', 'balanced'"),
+        (dict(seed=-3), ValueError, r"`seed` must be None, a non-negative int"),
+        (dict(seed="abc"), TypeError, r"`seed` must be None"),
+    ],
+)
+def test_absurd_arguments(explainer, kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        explainer(np.zeros((2, 3)), **kwargs)
+
+
+def test_bad_batch_size(rng):
+    with pytest.raises(ValueError, match=r"`batch_size` must be a positive int"):
+        gradshap.GradientExplainer(linear(np.ones(3)), np.zeros((2, 3)), framework="numpy", batch_size=0)
+
+
+def _multi_output(rng):
+    w = rng.normal(size=(3, 4))
+    return gradshap.GradientExplainer(
+        (lambda p: p @ w, lambda p: np.broadcast_to(w.T, (p.shape[0], 4, 3))), rng.normal(size=(5, 3)), framework="numpy"
+    )
+
+
+def test_target_none_on_multi_output_lists_choices(rng):
+    with pytest.raises(ValueError, match=r"has 4 outputs per row.*'predicted'.*callable"):
+        _multi_output(rng)(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "target,exc,pattern",
+    [
+        (4, ValueError, r"`target` 4 is out of range for a model with 4 outputs"),
+        (-1, ValueError, r"`target` -1 is out of range"),
+        ("argmax", ValueError, r"`target` string must be 'predicted'"),
+        (np.array([0, 1, 2]), ValueError, r"one int per row: expected shape \(2,\), got \(3,\)"),
+        (np.array([0, 9]), ValueError, r"out of range for a model with 4 outputs at row\(s\) 1"),
+        (np.array([0.0, 1.0]), TypeError, r"integer dtype"),
+        ([], ValueError, r"at least one int"),
+        (1.5, TypeError, r"`target` must be"),
+    ],
+)
+def test_bad_targets(rng, target, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        _multi_output(rng)(np.zeros((2, 3)), target=target)
+
+
+def test_unexpected_output_rank(rng):
+    ex = gradshap.GradientExplainer(
+        (lambda p: np.zeros((p.shape[0], 2, 2)), lambda p: np.zeros_like(p)), np.zeros((3, 3)), framework="numpy"
+    )
+    with pytest.raises(ValueError, match=r"output has shape \(2, 2, 2\) for 2 input rows; expected \(2,\) or \(2, n_outputs\)"):
+        ex(np.ones((2, 3)))
+
+
+def test_nan_gradients_name_the_rows(rng):
+    def grad(p):
+        g = np.ones_like(p)
+        g[p[:, 0] > 0.5] = np.nan
+        return g
+
+    ex = gradshap.GradientExplainer((lambda p: p.sum(1), grad), np.zeros((3, 3)), framework="numpy")
+    x = np.zeros((4, 3))
+    x[3] = 1.0
+    with pytest.raises(FloatingPointError, match=r"NaN or inf gradients .* row\(s\) 3"):
+        ex(x, n_samples=8, seed=0)
+
+
+def test_unknown_framework_and_undetectable_model(rng):
+    with pytest.raises(ValueError, match=r"`framework` must be one of"):
+        gradshap.GradientExplainer(linear(np.ones(3)), np.zeros((2, 3)), framework="mxnet")
+    with pytest.raises(TypeError, match=r"could not tell the framework"):
+        gradshap.GradientExplainer(object(), np.zeros((2, 3)))
