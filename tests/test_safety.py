@@ -119,7 +119,7 @@ def test_flax_nnx_module_untouched_and_run_in_eval_mode():
             return self.out(self.drop(self.bn(jax.nn.relu(self.lin(x)))))[:, 0]
 
     net = Net(nnx.Rngs(0))
-    net.bn.mean.value = jnp.linspace(0.1, 0.6, 6)  # distinctive running statistics
+    net.bn.mean[...] = jnp.linspace(0.1, 0.6, 6, dtype=net.bn.mean[...].dtype)  # distinctive running statistics
     def host(a):
         if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
             a = jax.random.key_data(a)  # the module's RNG streams must be untouched too

@@ -11,7 +11,10 @@ in the input's dtype, or float32 for half-precision inputs.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -213,7 +216,7 @@ def run(
     if callable(target) and not isinstance(target, (str, type)):
         adapter, target = adapter.compose(target), None
     n = x[0].shape[0]
-    with adapter.session():
+    with _global_rng_guard(), adapter.session():
         out_x = _targets.as_matrix(xp, _forward(adapter, xp, x, batch_size), n)
         out_b = _targets.as_matrix(xp, _forward(adapter, xp, background, batch_size), background[0].shape[0],
                                    "the model's output on `background`")
@@ -225,10 +228,24 @@ def run(
         try:
             per_target = []
             for cot in selection.cotangents:
-                vals, errs = _attribute(
-                    adapter, xp, x, background, cot, sampler=concrete, n_samples=n_samples,
-                    stdevs=stdevs, key=key, batch_size=batch_size, bar=bar,
-                )
+                while True:
+                    try:
+                        vals, errs = _attribute(
+                            adapter, xp, x, background, cot, sampler=concrete, n_samples=n_samples,
+                            stdevs=stdevs, key=key, batch_size=batch_size, bar=bar,
+                        )
+                        break
+                    except Exception as err:
+                        if batch_size == 1 or not adapter.is_out_of_memory(err):
+                            raise
+                        # Draws do not depend on chunking: a smaller batch gives the same numbers.
+                        batch_size //= 2
+                        warnings.warn(
+                            f"gradshap: out of device memory; retrying with batch_size={batch_size}",
+                            ResourceWarning, stacklevel=3,
+                        )
+                        if bar is not None:
+                            bar.reset()
                 _check_gradients(xp, vals, "the selected target")
                 cot_acc = xp.astype(cot, acc, copy=False)
                 output = xp.sum(out_x * cot_acc, axis=1)
@@ -248,6 +265,17 @@ def run(
     )
     base, output, delta = (_stack(xp, [t[i] for t in per_target], many) for i in (2, 3, 4))
     return Result(values, stderr, base, output, delta, selection.label, concrete, n_samples)
+
+
+@contextlib.contextmanager
+def _global_rng_guard():
+    """Python's and NumPy's global RNG states as found, whatever the model does with them."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def _progress_bar(progress: bool, total: int):

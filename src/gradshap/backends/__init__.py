@@ -57,6 +57,10 @@ class Adapter:
         """The same model followed by ``fn`` (a callable target)."""
         raise NotImplementedError
 
+    def is_out_of_memory(self, err: BaseException) -> bool:
+        """True when ``err`` says the device ran out of memory (the engine then halves the batch)."""
+        return False
+
     def session(self) -> contextlib.AbstractContextManager:
         """Context for one explanation: inference mode, with all model state restored after."""
         return contextlib.nullcontext()

@@ -98,6 +98,9 @@ class JaxAdapter(Adapter):
         out, grads = self._value_and_grad(self._params(), tuple(points), cotangent)
         return out, tuple(grads)
 
+    def is_out_of_memory(self, err: BaseException) -> bool:
+        return "RESOURCE_EXHAUSTED" in str(err) and "emory" in str(err)
+
     def compose(self, fn: Callable) -> "JaxAdapter":
         return JaxAdapter(self.model, fn)
 

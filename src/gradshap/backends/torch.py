@@ -47,6 +47,9 @@ class TorchAdapter(Adapter):
         grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads))
         return out.detach(), grads
 
+    def is_out_of_memory(self, err: BaseException) -> bool:
+        return isinstance(err, self._torch.OutOfMemoryError)
+
     def compose(self, fn: Callable) -> "TorchAdapter":
         return TorchAdapter(self.model, fn)
 
