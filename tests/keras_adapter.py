@@ -90,6 +90,17 @@ def test_linear_model_is_exact(style, as_numpy, linear):
     np.testing.assert_allclose(host(exp.values), w * (x - bg[index].mean(1)), rtol=0, atol=ATOL)
 
 
+def test_weights_are_read_at_every_call(linear):
+    """An explainer made before the model changes explains the model as it is now."""
+    w, bias, x, bg = linear
+    model = build("functional", w, bias)
+    explainer = gradshap.GradientExplainer(model, tensors(bg)[0], batch_size=24)
+    explainer(tensors(x)[0], n_samples=8, seed=0)
+    model.set_weights([-2 * w[:, None], np.zeros(1, np.float32)])
+    exp = explainer(tensors(x)[0], n_samples=16, sampler="balanced", seed=0)
+    np.testing.assert_allclose(host(exp.values), -2 * w * (x - bg.mean(0)), rtol=0, atol=2 * ATOL)
+
+
 def test_numpy_float64_inputs_to_a_float32_model(linear):
     """Keras casts float64 inputs to the layer dtype; the gradient flows back as float64."""
     w, bias, x, bg = linear
