@@ -18,7 +18,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import array_api_compat as aac
 import numpy as np
 
 from gradshap import _sampling, _targets, _validation
@@ -59,7 +58,7 @@ def _pad(xp, arrays: tuple, size: int) -> tuple:
     m = arrays[0].shape[0]
     if m == size:
         return arrays
-    idx = xp.asarray(np.arange(size) % m, device=aac.device(arrays[0]))
+    idx = xp.asarray(np.arange(size) % m, device=_validation.device_of(xp, arrays[0]))
     return tuple(xp.take(a, idx, axis=0) for a in arrays)
 
 
@@ -104,7 +103,7 @@ def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stde
     n, nb = x[0].shape[0], background[0].shape[0]
     dtype = x[0].dtype
     acc = _accumulation_dtype(xp, dtype)
-    device = aac.device(x[0])
+    device = _validation.device_of(xp, x[0])
     feat = [tuple(a.shape[1:]) for a in x]
     sizes = [math.prod(f) for f in feat]
     k_rows = max(1, batch_size // n_samples)

@@ -15,7 +15,7 @@ from typing import Any
 import array_api_compat as aac
 import numpy as np
 
-from gradshap._validation import is_lazy, shape_str, type_name
+from gradshap._validation import device_of, is_lazy, shape_str, type_name
 
 __all__ = ["TARGET_CHOICES", "Selection", "as_matrix", "select"]
 
@@ -63,7 +63,7 @@ def _check_int(t: Any, n_outputs: int) -> int:
 def select(xp, target: Any, outputs, *, dtype) -> Selection:
     """Resolve ``target`` against the outputs at ``x`` (``(n, K)``, see :func:`as_matrix`)."""
     n, k = outputs.shape
-    device = aac.device(outputs)
+    device = device_of(xp, outputs)
     if target is None:
         if k != 1:
             msg = f"`target` is None but the model has {k} outputs per row; choose one with `target`: {TARGET_CHOICES}"

@@ -12,6 +12,7 @@ __all__ = [
     "check_arrays",
     "check_positive_int",
     "check_nonnegative_float",
+    "device_of",
     "is_lazy",
     "namespace_of",
 ]
@@ -41,6 +42,11 @@ def is_lazy(a: Any) -> bool:
     return aac.is_lazy_array(a)
 
 
+def device_of(xp, a: Any):
+    """The device of ``a``; namespaces array-api-compat does not cover (TensorFlow) say it."""
+    return aac.device(a) if aac.is_array_api_obj(a) else xp.device(a)
+
+
 def namespace_of(arrays: tuple, name: str):
     """The array namespace of ``arrays``, with a clear error for non-arrays."""
     for k, a in enumerate(arrays):
@@ -51,18 +57,21 @@ def namespace_of(arrays: tuple, name: str):
                 f"torch.Tensor, jax.Array, tf.Tensor); got {type_name(a)}"
             )
             raise TypeError(msg)
-    if _is_tf_tensor(arrays[0]):
+    kinds = sorted({type_name(a) for a in arrays})
+    msg = (
+        f"`x` and `background` must be arrays of one framework (the model's); got "
+        f"{', '.join(kinds)}. gradshap never converts silently: convert them to one type"
+    )
+    tf_flags = [_is_tf_tensor(a) for a in arrays]
+    if any(tf_flags):
+        if not all(tf_flags):
+            raise TypeError(msg)
         from gradshap.backends import tensorflow as tf_backend
 
         return tf_backend.namespace()
     try:
         return aac.array_namespace(*arrays)
     except TypeError as err:
-        kinds = sorted({type_name(a) for a in arrays})
-        msg = (
-            f"`x` and `background` must be arrays of one framework (the model's); got "
-            f"{', '.join(kinds)}. gradshap never converts silently: convert them to one type"
-        )
         raise TypeError(msg) from err
 
 
@@ -126,9 +135,9 @@ def check_arrays(xp, x: tuple, background: tuple) -> None:
                 "silently: convert one of them to the model's dtype"
             )
             raise TypeError(msg)
-        if aac.device(xi) != aac.device(bi):
+        if device_of(xp, xi) != device_of(xp, bi):
             msg = (
-                f"{xn} is on device {aac.device(xi)} but {bn} is on {aac.device(bi)}; gradshap never "
+                f"{xn} is on device {device_of(xp, xi)} but {bn} is on {device_of(xp, bi)}; gradshap never "
                 "copies silently: move both to the model's device"
             )
             raise ValueError(msg)

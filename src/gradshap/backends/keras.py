@@ -1,14 +1,169 @@
-"""Placeholder until the Keras 3 / TensorFlow adapters land: recognizes nothing."""
+"""Keras 3 adapter: a ``keras.Model`` (or layer) on the TensorFlow, JAX or torch backend.
+
+Always called with ``training=False``; variables (BatchNorm statistics included) are never
+written. Per backend:
+
+- jax: ``model.stateless_call(trainable, non_trainable, x, training=False)`` under
+  ``jax.jit`` with the variables as arguments (read afresh at every call);
+- tensorflow: the TensorFlow adapter (``tf.GradientTape`` in a ``tf.function``);
+- torch: the torch adapter (``torch.autograd``; eval mode and ``requires_grad`` restored).
+
+Inputs may be the backend's tensors or NumPy arrays (as Keras itself accepts); NumPy in
+gives NumPy out. A model with several inputs receives them as one list, the Keras way.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+from gradshap.backends import Adapter, require
+from gradshap.backends.tensorflow import TensorFlowAdapter, single_output
+from gradshap.backends.torch import TorchAdapter
 
 
 def recognizes(model: Any, arrays: tuple) -> bool:
-    return False
+    keras = sys.modules.get("keras")
+    return keras is not None and isinstance(model, keras.Layer)
 
 
-def make(model: Any):
-    msg = "the keras adapter is not available in this version of gradshap"
+def _pack(points):
+    return points[0] if len(points) == 1 else list(points)
+
+
+class _KerasJax(Adapter):
+    name = "keras"
+    pads = True
+
+    def __init__(self, model: Any, output_fn: Callable | None = None):
+        jax = require("jax")
+        self.xp = jax.numpy
+        self.model, self.output_fn = model, output_fn
+        # stateless_call runs `call` directly, which may not take `training`.
+        params = inspect.signature(model.call).parameters
+        kwargs = {"training": False} if "training" in params or any(
+            p.kind is p.VAR_KEYWORD for p in params.values()) else {}
+
+        def call(variables, points):
+            out, _ = model.stateless_call(*variables, _pack(points), **kwargs)
+            return single_output(out if output_fn is None else output_fn(out))
+
+        def value_and_grad(variables, points, cotangent):
+            out, pullback = jax.vjp(lambda *p: call(variables, p), *points)
+            return out, pullback(cotangent.reshape(out.shape).astype(out.dtype))
+
+        self._forward = jax.jit(call)
+        self._value_and_grad = jax.jit(value_and_grad)
+
+    def _variables(self):
+        m = self.model
+        return [v.value for v in m.trainable_variables], [v.value for v in m.non_trainable_variables]
+
+    def forward(self, points: tuple):
+        return self._forward(self._variables(), tuple(points))
+
+    def value_and_grad(self, points: tuple, cotangent):
+        out, grads = self._value_and_grad(self._variables(), tuple(points), cotangent)
+        return out, tuple(grads)
+
+    def compose(self, fn: Callable) -> "_KerasJax":
+        return _KerasJax(self.model, fn)
+
+
+class _KerasTorch(TorchAdapter):
+    name = "keras"
+
+    def _call(self, points: tuple):
+        out = self.model(_pack(points), training=False)
+        return single_output(out if self.output_fn is None else self.output_fn(out))
+
+    def compose(self, fn: Callable) -> "_KerasTorch":
+        return _KerasTorch(self.model, fn)
+
+
+def _keras_tensorflow(model: Any):
+    adapter = TensorFlowAdapter(model, call=lambda points: model(_pack(points), training=False))
+    adapter.name = "keras"
+    return adapter
+
+
+class KerasAdapter(Adapter):
+    """The backend's adapter, taking NumPy arrays too (converted in, and back out)."""
+
+    name = "keras"
+
+    def __init__(self, inner: Adapter):
+        self.inner, self.xp, self.pads = inner, inner.xp, inner.pads
+        self._ops = require("keras").ops
+
+    def _native(self, points: tuple) -> tuple:
+        host = isinstance(points[0], np.ndarray)
+        if host:
+            return host, tuple(self._ops.convert_to_tensor(p) for p in points)
+        if not all(self._ops.is_tensor(p) for p in points):
+            backend = require("keras").backend.backend()
+            kinds = ", ".join(sorted({type(p).__module__ + "." + type(p).__name__ for p in points}))
+            msg = (
+                f"`x` and `background` for a Keras model on the {backend} backend must be NumPy "
+                f"arrays or {backend} tensors; got {kinds}. gradshap never converts silently"
+            )
+            raise TypeError(msg)
+        return host, points
+
+    def _out(self, host: bool, a):
+        return self._ops.convert_to_numpy(a) if host else a
+
+    def forward(self, points: tuple):
+        host, points = self._native(points)
+        return self._out(host, self.inner.forward(points))
+
+    def value_and_grad(self, points: tuple, cotangent):
+        host, points = self._native(points)
+        cotangent = self._ops.convert_to_tensor(cotangent) if host else cotangent
+        out, grads = self.inner.value_and_grad(points, cotangent)
+        return self._out(host, out), tuple(self._out(host, g) for g in grads)
+
+    def compose(self, fn: Callable) -> "KerasAdapter":
+        return KerasAdapter(self.inner.compose(fn))
+
+    def session(self):
+        return self.inner.session()
+
+
+def _check_continuous_inputs(keras, model) -> None:
+    """Token-id models: gradients with respect to integer ids do not exist."""
+    try:
+        inputs = model.inputs  # functional models and Sequential models with an Input
+    except AttributeError:
+        inputs = None
+    dtypes = [keras.backend.standardize_dtype(t.dtype) for t in (inputs or [])]
+    integer = [d for d in dtypes if "int" in d or d == "bool"]
+    first = model.layers[0] if getattr(model, "layers", None) else None
+    if integer or isinstance(first, keras.layers.Embedding):
+        what = f"inputs of dtype {', '.join(integer)}" if integer else f"an Embedding first layer ({first.name!r})"
+        msg = (
+            f"`model` takes integer token ids or categories ({what}); gradients with respect to "
+            "them do not exist. Explain the embedding output instead: split the model after its "
+            "Embedding layer, and pass the embedded `background` and `x` with the rest of the model"
+        )
+        raise TypeError(msg)
+
+
+def make(model: Any) -> Adapter:
+    keras = require("keras")
+    if not isinstance(model, keras.Layer):
+        msg = f"`model` must be a keras.Model or keras.Layer; got {type(model).__name__}"
+        raise TypeError(msg)
+    _check_continuous_inputs(keras, model)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return KerasAdapter(_KerasJax(model))
+    if backend == "torch":
+        return KerasAdapter(_KerasTorch(model))
+    if backend == "tensorflow":
+        return KerasAdapter(_keras_tensorflow(model))
+    msg = f"Keras backend {backend!r} is not supported; use tensorflow, jax or torch"
     raise NotImplementedError(msg)

@@ -1,14 +1,210 @@
-"""Placeholder until the Keras 3 / TensorFlow adapters land: recognizes nothing."""
+"""TensorFlow adapter: ``tf.Module`` and plain callables of ``tf.Tensor``.
+
+The VJP is a ``tf.GradientTape`` inside a ``tf.function``, which traces once per input
+shape; the engine pads every chunk to one shape, so a long call traces once. Keras
+models on the TensorFlow backend go through the Keras adapter, which reuses this one.
+
+array-api-compat does not cover TensorFlow, so :func:`namespace` gives the engine the
+few array operations it uses (those of ``_engine``, ``_targets`` and ``_validation``),
+all as TensorFlow ops on the tensors' own device: no host round trip.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import functools
+import numbers
+import sys
+from typing import Any, Callable
+
+from gradshap.backends import Adapter, require
 
 
 def recognizes(model: Any, arrays: tuple) -> bool:
-    return False
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return False
+    return isinstance(model, tf.Module) or any(isinstance(a, (tf.Tensor, tf.Variable)) for a in arrays)
 
 
-def make(model: Any):
-    msg = "the tensorflow adapter is not available in this version of gradshap"
-    raise NotImplementedError(msg)
+def single_output(out):
+    """``out`` if it is one array; a clear error for a list, tuple or dict of outputs."""
+    if isinstance(out, dict):
+        key = next(iter(out), "name")
+        msg = (
+            f"the model returns a dict of {len(out)} outputs (keys {', '.join(map(repr, out))}); "
+            "gradshap explains one array of outputs: select one with a callable `target`, e.g. "
+            f"target=lambda outputs: outputs[{key!r}][:, 0]"
+        )
+        raise TypeError(msg)
+    if isinstance(out, (list, tuple)):
+        msg = (
+            f"the model returns a {type(out).__name__} of {len(out)} outputs; gradshap explains one "
+            "array of outputs: select one with a callable `target`, e.g. "
+            "target=lambda outputs: outputs[0][:, 0]"
+        )
+        raise TypeError(msg)
+    return out
+
+
+class _Namespace:
+    """An array-API-shaped namespace over tf.Tensor, limited to what gradshap's engine uses."""
+
+    def __init__(self, tf):
+        self._tf = tf
+        for name in ("bool", "int32", "int64", "float16", "bfloat16", "float32", "float64"):
+            setattr(self, name, getattr(tf, name))
+
+    def _placed(self, device):
+        return contextlib.nullcontext() if device is None else self._tf.device(device)
+
+    def asarray(self, obj, dtype=None, device=None):
+        tf = self._tf
+        if dtype is None and isinstance(obj, numbers.Number) and not isinstance(obj, bool):
+            # The array API's default dtypes, not TF's int32 for Python ints.
+            dtype = tf.int64 if isinstance(obj, numbers.Integral) else tf.float32
+        with self._placed(device):
+            t = tf.convert_to_tensor(obj)
+            t = t if dtype is None or t.dtype == dtype else tf.cast(t, dtype)
+            return t if device is None else tf.identity(t)
+
+    def astype(self, x, dtype, copy=True):
+        return x if x.dtype == dtype and not copy else self._tf.cast(x, dtype)
+
+    def device(self, x):
+        return x.device
+
+    def take(self, x, indices, axis=None):
+        return self._tf.gather(x, indices, axis=axis)
+
+    def reshape(self, x, shape):
+        return self._tf.reshape(x, shape)
+
+    def expand_dims(self, x, axis=0):
+        return self._tf.expand_dims(x, axis)
+
+    def broadcast_to(self, x, shape):
+        return self._tf.broadcast_to(x, shape)
+
+    def concat(self, arrays, axis=0):
+        return self._tf.concat(list(arrays), axis)
+
+    def stack(self, arrays, axis=0):
+        return self._tf.stack(list(arrays), axis)
+
+    def mean(self, x, axis=None):
+        return self._tf.reduce_mean(x, axis)
+
+    def sum(self, x, axis=None):
+        return self._tf.reduce_sum(x, axis)
+
+    def any(self, x, axis=None):
+        return self._tf.reduce_any(x, axis)
+
+    def all(self, x, axis=None):
+        return self._tf.reduce_all(x, axis)
+
+    def sqrt(self, x):
+        return self._tf.sqrt(x)
+
+    def isfinite(self, x):
+        return self._tf.math.is_finite(x)
+
+    def argmax(self, x, axis=None):
+        return self._tf.argmax(x, axis=axis, output_type=self._tf.int64)
+
+    def full(self, shape, fill_value, dtype=None, device=None):
+        with self._placed(device):
+            return self._tf.fill(shape, self._tf.constant(fill_value, dtype=dtype or self._tf.float32))
+
+    def ones(self, shape, dtype=None, device=None):
+        with self._placed(device):
+            return self._tf.ones(shape, dtype=dtype or self._tf.float32)
+
+    def arange(self, start, stop=None, step=1, dtype=None, device=None):
+        with self._placed(device):
+            return self._tf.range(start, stop, step, dtype=dtype or self._tf.int64)
+
+    def finfo(self, dtype):
+        import ml_dtypes  # a TensorFlow dependency; knows bfloat16 too
+
+        return ml_dtypes.finfo(self._tf.as_dtype(dtype).as_numpy_dtype)
+
+    def isdtype(self, dtype, kind):
+        if isinstance(kind, tuple):
+            return any(self.isdtype(dtype, k) for k in kind)
+        dtype = self._tf.as_dtype(dtype)
+        kinds = {
+            "bool": dtype.is_bool,
+            "real floating": dtype.is_floating,
+            "complex floating": dtype.is_complex,
+            "integral": dtype.is_integer,
+            "signed integer": dtype.is_integer and not dtype.is_unsigned,
+            "unsigned integer": dtype.is_integer and dtype.is_unsigned,
+        }
+        if isinstance(kind, str):
+            if kind == "numeric":
+                return dtype.is_integer or dtype.is_floating or dtype.is_complex
+            return kinds[kind]
+        return dtype == kind
+
+
+@functools.lru_cache(maxsize=None)
+def namespace() -> _Namespace:
+    """The array namespace gradshap's engine uses for ``tf.Tensor`` inputs."""
+    return _Namespace(require("tensorflow"))
+
+
+class TensorFlowAdapter(Adapter):
+    name = "tensorflow"
+    pads = True
+
+    def __init__(self, model: Callable, output_fn: Callable | None = None, call: Callable | None = None):
+        tf = require("tensorflow")
+        self.xp = namespace()
+        self.model, self.output_fn = model, output_fn
+        self._call_model = call if call is not None else (lambda points: model(*points))
+
+        def forward(points):
+            out = self._call_model(points)
+            return out if output_fn is None else output_fn(out)
+
+        def value_and_grad(points, cotangent):
+            with tf.GradientTape() as tape:
+                tape.watch(points)
+                out = single_output(forward(points))
+            grads = tape.gradient(
+                out, points, output_gradients=tf.reshape(tf.cast(cotangent, out.dtype), tf.shape(out)),
+                # An input the model ignores has no path to the output: its gradient is zero.
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
+            return out, tuple(grads)
+
+        # reduce_retracing: a later call with another chunk shape traces a shape-generic
+        # function instead of one more per shape.
+        self._forward = tf.function(forward, reduce_retracing=True)
+        self._value_and_grad = tf.function(value_and_grad, reduce_retracing=True)
+
+    def forward(self, points: tuple):
+        # Checked out here, not in the trace, where TensorFlow would rewrite the message.
+        return single_output(self._forward(tuple(points)))
+
+    def value_and_grad(self, points: tuple, cotangent):
+        return self._value_and_grad(tuple(points), cotangent)
+
+    def compose(self, fn: Callable) -> "TensorFlowAdapter":
+        adapter = TensorFlowAdapter(self.model, fn, self._call_model)
+        adapter.name = self.name
+        return adapter
+
+
+def make(model: Any) -> Adapter:
+    keras = sys.modules.get("keras")
+    if keras is not None and isinstance(model, keras.Layer):
+        from gradshap.backends import keras as keras_backend
+
+        return keras_backend.make(model)
+    if not callable(model):
+        msg = f"`model` must be a tf.Module or a callable of tf.Tensor; got {type(model).__name__}"
+        raise TypeError(msg)
+    return TensorFlowAdapter(model)

@@ -41,7 +41,7 @@ class TorchAdapter(Adapter):
             leaves = tuple(p.detach().requires_grad_(True) for p in points)
             out = self._call(leaves)
             grads = torch.autograd.grad(
-                out, leaves, grad_outputs=cotangent.reshape(out.shape), allow_unused=True
+                out, leaves, grad_outputs=cotangent.reshape(out.shape).to(out.dtype), allow_unused=True
             )
         # An input the model ignores has no graph edge: its gradient is exactly zero.
         grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads))

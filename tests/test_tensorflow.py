@@ -1,0 +1,189 @@
+"""TensorFlow: tf.Module and callables of tf.Tensor, and the array namespace gradshap
+gives the engine for tf.Tensor (array-api-compat does not cover TensorFlow).
+
+Keras models on every backend are tested in tests/keras_*.py (one process per backend).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import import_or_fail
+
+tf = import_or_fail("tensorflow")
+import gradshap  # noqa: E402
+from gradshap import _sampling  # noqa: E402
+from gradshap.backends import tensorflow as tf_backend  # noqa: E402
+
+ATOL = 2e-6  # float32 rounding of sums of a few products of O(1) numbers
+
+
+class Linear(tf.Module):
+    """``x @ w + b`` with a trace counter: ``__call__`` runs in Python once per trace."""
+
+    def __init__(self, w, b=0.5):
+        super().__init__()
+        self.w, self.b, self.calls = tf.Variable(w[:, None]), tf.Variable([b], dtype=w.dtype), 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return x @ self.w + self.b
+
+
+@pytest.fixture
+def linear(rng):
+    w = rng.standard_normal(5).astype(np.float32)
+    return w, rng.standard_normal((3, 5)).astype(np.float32), rng.standard_normal((8, 5)).astype(np.float32)
+
+
+def test_namespace_matches_numpy(rng):
+    xp = tf_backend.namespace()
+    a = rng.standard_normal((3, 4)).astype(np.float32)
+    t = xp.asarray(a)
+    cpu = xp.device(t)
+    assert isinstance(t, tf.Tensor) and t.dtype == tf.float32
+    # The array API's default dtypes, which the one-hot target code compares across.
+    assert xp.asarray(3).dtype == tf.int64 and xp.asarray(0.5).dtype == tf.float32
+    assert xp.arange(4).dtype == tf.int64 and xp.argmax(t, axis=1).dtype == tf.int64
+    assert xp.asarray(a, dtype=xp.float64, device=cpu).dtype == tf.float64
+    idx = xp.asarray(np.array([2, 0, 2]))
+    checks = [
+        (xp.take(t, idx, axis=0), a[[2, 0, 2]]),
+        (xp.reshape(t, (4, -1)), a.reshape(4, -1)),
+        (xp.expand_dims(t, axis=1), a[:, None]),
+        (xp.broadcast_to(xp.expand_dims(t, axis=0), (2, 3, 4)), np.broadcast_to(a, (2, 3, 4))),
+        (xp.concat([t, t], axis=0), np.concatenate([a, a])),
+        (xp.stack([t, t], axis=-1), np.stack([a, a], -1)),
+        (xp.mean(t, axis=1), a.mean(1)),
+        (xp.sum(t, axis=0), a.sum(0)),
+        (xp.sqrt(xp.astype(t * t, xp.float64, copy=False)), np.abs(a)),
+        (xp.full((2, 3), np.inf, dtype=xp.float32, device=cpu), np.full((2, 3), np.inf)),
+        (xp.ones((2, 1), dtype=xp.float64, device=cpu), np.ones((2, 1))),
+        (xp.arange(5, device=cpu), np.arange(5)),
+        (xp.argmax(t, axis=1), a.argmax(1)),
+    ]
+    for got, want in checks:
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
+    bad = xp.asarray(np.array([[1.0, np.nan], [0.0, 1.0]], np.float32))
+    assert xp.any(~xp.isfinite(bad), axis=1).numpy().tolist() == [True, False]
+    assert not bool(xp.all(xp.isfinite(bad)))
+    assert xp.finfo(xp.float32).bits == 32 and xp.finfo(xp.float16).bits == 16
+    assert xp.isdtype(tf.float64, "real floating") and not xp.isdtype(tf.int32, "real floating")
+    assert xp.isdtype(tf.int32, ("bool", "integral")) and xp.isdtype(tf.float32, tf.float32)
+    assert xp.astype(t, tf.float32, copy=False) is t
+
+
+def test_tf_module_linear_is_exact(linear):
+    w, x, bg = linear
+    model = Linear(w)
+    explainer = gradshap.GradientExplainer(model, tf.constant(bg), batch_size=24)
+    assert explainer.framework == "tensorflow"
+
+    exp = explainer(tf.constant(x), n_samples=16, sampler="balanced", seed=1)
+    assert isinstance(exp.values, tf.Tensor) and exp.values.dtype == tf.float32 and exp.values.shape == x.shape
+    assert exp.values.device == tf.constant(x).device
+    np.testing.assert_allclose(exp.values.numpy(), w * (x - bg.mean(0)), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(exp.delta.numpy(), 0.0, atol=4 * ATOL)
+    np.testing.assert_allclose(exp.output.numpy(), x @ w + 0.5, rtol=1e-6)
+    np.testing.assert_allclose(exp.base_values.numpy(), np.full(3, bg.mean(0) @ w + 0.5), rtol=1e-6)
+
+    exp = explainer(tf.constant(x), n_samples=7, sampler="iid", seed=3)
+    index, _ = _sampling.draw("iid", _sampling.seed_key(3), np.arange(3), 7, 8)
+    np.testing.assert_allclose(exp.values.numpy(), w * (x - bg[index].mean(1)), rtol=0, atol=ATOL)
+
+
+def test_float64(linear):
+    w, x, bg = (a.astype(np.float64) for a in linear)
+    exp = gradshap.GradientExplainer(Linear(w), tf.constant(bg))(tf.constant(x), n_samples=16, sampler="balanced", seed=0)
+    assert exp.values.dtype == tf.float64
+    np.testing.assert_allclose(exp.values.numpy(), w * (x - bg.mean(0)), rtol=0, atol=1e-12)
+
+
+def test_traces_once_per_shape_not_per_chunk(linear):
+    w, _, bg = linear
+    model = Linear(w)
+    x = tf.constant(np.random.default_rng(0).standard_normal((9, 5)).astype(np.float32))
+    explainer = gradshap.GradientExplainer(model, tf.constant(bg), batch_size=24)
+    explainer(x, n_samples=10, seed=0)  # chunks of 2 rows x 10 samples; the 5th has one row
+    assert model.calls == 2  # one trace of the forward pass, one of the gradient
+    explainer(x, n_samples=10, seed=1)
+    assert model.calls == 2
+
+
+def test_plain_callable_with_several_inputs_and_an_unused_one(rng):
+    """A linear function of two tensors and a third it ignores: exact per input."""
+    xa, ba = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((6, 3)).astype(np.float32)
+    xb, bb = rng.standard_normal((4, 2, 2)).astype(np.float32), rng.standard_normal((6, 2, 2)).astype(np.float32)
+    c = rng.standard_normal((2, 2)).astype(np.float32)
+
+    def f(a, b, unused):
+        return tf.reduce_sum(a * 2.0, axis=1) + tf.reduce_sum(b * c, axis=(1, 2))
+
+    x = tuple(map(tf.constant, (xa, xb, xa)))
+    bg = tuple(map(tf.constant, (ba, bb, ba)))
+    exp = gradshap.GradientExplainer(f, bg, batch_size=20)(x, n_samples=12, sampler="balanced", seed=4)
+    assert [v.shape for v in exp.values] == [(4, 3), (4, 2, 2), (4, 3)]
+    np.testing.assert_allclose(exp.values[0].numpy(), 2.0 * (xa - ba.mean(0)), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(exp.values[1].numpy(), c * (xb - bb.mean(0)), rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(exp.values[2].numpy(), 0.0)
+    np.testing.assert_allclose(exp.delta.numpy(), 0.0, atol=4 * ATOL)
+
+
+@pytest.mark.parametrize("as_dict", [False, True], ids=["list", "dict"])
+def test_several_outputs_need_a_callable_target(as_dict, linear):
+    w, x, bg = linear
+    model = Linear(w)
+
+    def two(points):
+        outs = (points * 3.0, model(points)[:, 0])
+        return {"scores": outs[0], "risk": outs[1]} if as_dict else list(outs)
+
+    explainer = gradshap.GradientExplainer(two, tf.constant(bg))
+    with pytest.raises(TypeError, match=r"^the model returns a (dict|list) of 2 outputs.*select one with a callable `target`"):
+        explainer(tf.constant(x), n_samples=8)
+    pick = (lambda outs: outs["risk"]) if as_dict else (lambda outs: outs[1])
+    exp = explainer(tf.constant(x), target=pick, n_samples=16, sampler="balanced", seed=0)
+    np.testing.assert_allclose(exp.values.numpy(), w * (x - bg.mean(0)), rtol=0, atol=ATOL)
+
+
+def test_targets_on_a_multi_output_module(rng):
+    w = rng.standard_normal((5, 3)).astype(np.float32)
+    x, bg = rng.standard_normal((4, 5)).astype(np.float32), rng.standard_normal((8, 5)).astype(np.float32)
+    explainer = gradshap.GradientExplainer(lambda p: p @ w, tf.constant(bg))
+    expected = w.T[None] * (x - bg.mean(0))[:, None, :]  # (n, outputs, features)
+    rows = np.arange(4)
+    for target, want in [
+        (1, expected[:, 1]),
+        ([0, 2], np.stack([expected[:, 0], expected[:, 2]], -1)),
+        (np.array([2, 0, 1, 1]), expected[rows, [2, 0, 1, 1]]),
+        ("predicted", expected[rows, np.argmax(x @ w, 1)]),
+    ]:
+        exp = explainer(tf.constant(x), target=target, n_samples=16, sampler="balanced", seed=0)
+        np.testing.assert_allclose(exp.values.numpy(), want, rtol=0, atol=ATOL, err_msg=str(target))
+
+
+def test_bad_inputs_are_refused(linear):
+    w, x, bg = linear
+    explainer = gradshap.GradientExplainer(Linear(w), tf.constant(bg))
+    with pytest.raises(TypeError, match="one framework.*numpy.ndarray.*convert them to one type"):
+        explainer(x, n_samples=4)
+    with pytest.raises(TypeError, match="one framework.*numpy.ndarray"):
+        gradshap.GradientExplainer(Linear(w), (tf.constant(bg), bg))
+    ids = tf.constant(np.arange(15).reshape(3, 5))
+    with pytest.raises(TypeError, match="`x` has dtype .*int64.*; expected a real floating dtype.*embedding output"):
+        gradshap.GradientExplainer(Linear(w), tf.cast(tf.constant(bg), tf.int64))(ids)
+
+
+def test_keras_model_through_the_tensorflow_entry_point(linear):
+    """framework="tensorflow" with a Keras model (on the TensorFlow backend) uses the Keras adapter."""
+    keras = import_or_fail("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("Keras runs another backend in this process")
+    w, x, bg = linear
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(1)])
+    model.set_weights([w[:, None], np.zeros(1, np.float32)])
+    explainer = gradshap.GradientExplainer(model, tf.constant(bg), framework="tensorflow")
+    assert explainer.framework == "keras"
+    exp = explainer(tf.constant(x), n_samples=16, sampler="balanced", seed=0)
+    np.testing.assert_allclose(exp.values.numpy(), w * (x - bg.mean(0)), rtol=0, atol=ATOL)
