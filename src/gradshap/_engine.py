@@ -70,7 +70,9 @@ def _forward(adapter: Adapter, xp, inputs: tuple, batch: int):
         part = tuple(a[r0 : min(n, r0 + batch), ...] for a in inputs)
         m = part[0].shape[0]
         if adapter.pads:
-            part = _pad(xp, part, batch)
+            # Powers of two up to `batch`: a handful of compiled shapes in all, without
+            # padding a few rows up to a whole chunk.
+            part = _pad(xp, part, min(batch, 1 << (m - 1).bit_length()))
         outs.append(adapter.forward(part)[:m, ...])
     return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
 
