@@ -458,7 +458,7 @@ def _channel_axis(shape: tuple, channel_axis: Any) -> int | None:
     if channel_axis != "auto":
         msg = f"`channel_axis` must be 'auto', 'first' or 'last'; got {channel_axis!r}"
         raise ValueError(msg)
-    first, last = shape[0] in (1, 3, 4), shape[2] in (1, 3, 4)
+    first, last = shape[0] <= 4, shape[2] <= 4  # channels are few; image sides are not
     if first != last:
         return 0 if first else 2
     msg = f"cannot tell the channel axis of images shaped {shape}; pass channel_axis='first' or 'last'"
@@ -519,7 +519,8 @@ def image(
         For an Explanation: one panel, the attributions averaged over ``rows`` (all rows
         when ``rows`` is None).
     channel_axis : "auto", "first" or "last"
-        Where the channels are; "auto" decides from which axis has 1, 3 or 4 entries.
+        Where the channels are; "auto" takes the end axis with at most 4 entries (and
+        asks when both or neither have).
     titles : sequence of str, optional
         One title per panel.
     show_input : bool
