@@ -12,7 +12,8 @@ import gradshap
 from gradshap._demo import _models
 from gradshap.backends import require
 
-__all__ = ["Timer", "explain", "group_rows", "needs", "top_features"]
+__all__ = ["Timer", "explain", "explain_test_set", "finish", "group_rows", "needs", "report_checks",
+           "run_convergence", "settings_rows", "top_features", "train"]
 
 
 def needs(framework: str, report: bool) -> None:
@@ -47,6 +48,85 @@ class Timer:
     @property
     def total(self) -> float:
         return time.perf_counter() - self.start
+
+
+def train(args, d: dict, *, kind: str, size: int, task: str, timer: Timer, progress: bool):
+    """Build and train the demo's model; returns (model, per-epoch losses, test-set logits)."""
+    with timer.stage("training"):
+        model = _models.build(args.framework, kind, size, args.seed)
+        losses = _models.fit(args.framework, model, d["X_train"], d["y_train"], task=task, epochs=args.epochs,
+                             seed=args.seed, progress=progress)
+        logits = _models.predict(args.framework, model, d["X_test"])
+    return model, losses, logits
+
+
+def explain_test_set(args, d: dict, model, *, feature_names, timer: Timer, progress: bool, target: Any = None):
+    """Explain the first ``--n-explain`` test rows against ``--background`` training rows.
+
+    Returns (rows explained, background row numbers, explainer, NumPy Explanation).
+    """
+    n = min(args.n_explain or len(d["y_test"]), len(d["y_test"]))
+    n_train = len(d["X_train"])
+    background = np.sort(np.random.default_rng(args.seed).choice(n_train, size=min(args.background, n_train), replace=False))
+    with timer.stage("explanation"):
+        explainer, exp = explain(args.framework, model, d["X_train"][background], d["X_test"][:n],
+                                 feature_names=feature_names, n_samples=args.n_samples, seed=args.seed,
+                                 progress=progress, target=target)
+    return n, background, explainer, exp
+
+
+def run_convergence(args, timer: Timer, summary: dict, explainer, x: np.ndarray, *, target: Any = None,
+                    progress: bool) -> None:
+    """:func:`convergence` on the rows ``x``, into ``summary["convergence"]``."""
+    with timer.stage("convergence"):
+        if target is not None:
+            target = _models.to_framework(args.framework, np.asarray(target, dtype=np.int64))
+        result = convergence(explainer, _models.to_framework(args.framework, x), n_samples=args.n_samples,
+                             seed=args.seed, target=target, progress=progress)
+        summary["convergence"] = {**result, "rows": len(x)}
+
+
+def settings_rows(args, summary: dict, what: str) -> list[tuple]:
+    """The report's opening table: how the explanation was made and how complete it is."""
+    return [
+        ("framework", args.framework),
+        ("test accuracy", f"{summary['accuracy']:.3f} ({summary['test_rows']} {what})"),
+        (f"samples per {what[:-1]} / sampler / seed", f"{summary['n_samples']} / {summary['sampler']} / {args.seed}"),
+        ("worst completeness residual |δ|", f"{summary['max_abs_delta']:.3g}"),
+        ("mean |δ|", f"{summary['mean_abs_delta']:.3g}"),
+        ("spread (std) of f(x) − E[f(b)]", f"{summary['spread_of_output_minus_base']:.3g}"),
+    ]
+
+
+def report_checks(rep, exp: gradshap.Explanation, summary: dict, *, what: str, data_note: str, code: str) -> None:
+    """The report's end: the completeness and accuracy figures, and the files with how to use them."""
+    from gradshap import plots
+
+    rep.figure(plots.completeness(exp), "completeness",
+               f"Completeness: each {what}'s sum of attributions against f(x) − E[f(b)] (left) and the residuals δ (right).")
+    conv = summary["convergence"]
+    rep.figure(convergence_figure(conv, n_rows=len(exp), used=conv["rows"]), "convergence",
+               f"How the error falls with the number of samples per {what}, for i.i.d. draws of (baseline, α) as "
+               "shap and captum make them and for gradshap's balanced design (every background row used "
+               "equally often, α stratified). Same model, rows and seed.")
+    rep.heading("Files", "files")
+    exp.save(rep.folder / "explanation.npz")
+    rep.link("explanation.npz", f"explanation.npz: the Explanation (every field{data_note})")
+    rep.link("summary.json", "summary.json: the numbers printed by the demo")
+    rep.code(code)
+    rep.write()
+
+
+def finish(args, timer: Timer, summary: dict, write_report) -> int:
+    """Write the report (``write_report()`` returns it) and summary.json, and print where and how long."""
+    report = None if args.no_report else write_report()
+    summary["seconds"] = {**timer.stages, "total": timer.total}
+    if report is not None:
+        report.write_json("summary.json", summary)
+        print(f"\nreport: {(report.folder / 'index.html').resolve()}")
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in timer.stages.items())
+    print(f"time: {timer.total:.1f} s ({stages})")
+    return 0
 
 
 def explain(framework: str, model: Any, background: np.ndarray, x: np.ndarray, *, feature_names,

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 
 from gradshap._demo import _common, _models
-from gradshap._demo._report import Report, confusion_figure
+from gradshap._demo._report import Report, confusion_figure, finish_axes
 from gradshap.explanation import Explanation
 
 CLASSES = tuple(range(10))
@@ -47,24 +47,16 @@ def run(args) -> int:
     print(f"gradshap demo: image, framework {fw}")
     print(f"data: digits (scikit-learn), {d['n_rows']} images 8x8, {layout}; train {len(d['y_train'])}, "
           f"test {len(d['y_test'])}")
-    with timer.stage("training"):
-        model = _models.build(fw, "cnn", len(CLASSES), args.seed)
-        losses = _models.fit(fw, model, d["X_train"], d["y_train"], task="multiclass", epochs=args.epochs,
-                             seed=args.seed, progress=progress)
-        logits = _models.predict(fw, model, d["X_test"])
+    model, losses, logits = _common.train(args, d, kind="cnn", size=len(CLASSES), task="multiclass", timer=timer,
+                                          progress=progress)
     y_test, y_pred = d["y_test"], np.argmax(logits, axis=1)
     accuracy = float((y_pred == y_test).mean())
     print(f"model: CNN conv 8 - conv 16 - maxpool - dense 64 - 10; Adam, {args.epochs} epochs, "
           f"final training loss {losses[-1]:.4f}")
 
-    n = min(args.n_explain or len(y_test), len(y_test))
-    rng = np.random.default_rng(args.seed)
-    background_rows = np.sort(rng.choice(len(d["X_train"]), size=min(args.background, len(d["X_train"])), replace=False))
+    n, background_rows, explainer, exp = _common.explain_test_set(args, d, model, feature_names=PIXELS, timer=timer,
+                                                                  progress=progress, target="predicted")
     with timer.stage("explanation"):
-        explainer, exp = _common.explain(
-            fw, model, d["X_train"][background_rows], d["X_test"][:n], feature_names=PIXELS,
-            n_samples=args.n_samples, seed=args.seed, progress=progress, target="predicted",
-        )
         wrong = np.flatnonzero(y_pred[:n] != y_test[:n])
         exp_true = None
         if wrong.size:  # the mistakes once more, for the class they should have been
@@ -107,24 +99,17 @@ def run(args) -> int:
         "groups": {_label(c): {"n": grouped[_label(c)].n, "output_mean": grouped[_label(c)].output_mean} for c in CLASSES},
         "labels": labels.tolist(),
     }
-    if not args.no_report:
-        with timer.stage("convergence"):
-            rows = min(n, 16)
-            summary["convergence"] = _common.convergence(
-                explainer, _models.to_framework(fw, d["X_test"][:rows]), seed=args.seed,
-                n_samples=args.n_samples, target=_models.to_framework(fw, y_pred[:rows]), progress=progress)
-            summary["convergence"]["rows"] = rows
+
+    def report():
+        rows = min(n, 16)
+        _common.run_convergence(args, timer, summary, explainer, d["X_test"][:rows], target=y_pred[:rows],
+                                progress=progress)
         with timer.stage("report"):
             background_logits = _models.predict(fw, model, d["X_train"][background_rows])
-            report = _write_report(args, exp, exp_true, wrong, grouped, y_test[:n], y_pred[:n], logits[:n],
-                                   background_logits, summary)
-    summary["seconds"] = {**timer.stages, "total": timer.total}
-    if not args.no_report:
-        report.write_json("summary.json", summary)
-        print(f"\nreport: {(report.folder / 'index.html').resolve()}")
-    stages = ", ".join(f"{k} {v:.1f}" for k, v in timer.stages.items())
-    print(f"time: {timer.total:.1f} s ({stages})")
-    return 0
+            return _write_report(args, exp, exp_true, wrong, grouped, y_test[:n], y_pred[:n], logits[:n],
+                                 background_logits, summary)
+
+    return _common.finish(args, timer, summary, report)
 
 
 def _stack(parts: list[Explanation]) -> Explanation:
@@ -147,12 +132,8 @@ def _base_value_figure(background_logits: np.ndarray, exp: Explanation):
     ax.bar(classes + 0.2, mean_out, width=0.4, color="#5e548e", label="mean f_c(x) over images predicted c")
     ax.axhline(0.0, color="#444444", lw=0.8)
     ax.set_xticks(classes, [str(c) for c in classes])
-    ax.set_xlabel("class c (the logit explained)")
-    ax.set_ylabel("logit")
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title("each image is explained from its class's base value to its logit", loc="left", fontsize=11)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    finish_axes(ax, title="each image is explained from its class's base value to its logit",
+                xlabel="class c (the logit explained)", ylabel="logit")
     return fig
 
 
@@ -168,14 +149,8 @@ def _write_report(args, exp, exp_true, wrong, grouped, y_true, y_pred, logits, b
         "Red pixels push towards the predicted class, blue ones away from it; the colour scale is centred at 0 "
         "and shared by the panels of a figure.", raw=True,
     )
-    rep.table(("", ""), [
-        ("framework / image layout", f"{args.framework} / {'channel-first' if args.framework == 'torch' else 'channel-last'}"),
-        ("test accuracy", f"{summary['accuracy']:.3f} ({summary['test_rows']} images)"),
-        ("samples per image / sampler / seed", f"{summary['n_samples']} / {summary['sampler']} / {args.seed}"),
-        ("worst completeness residual |δ|", f"{summary['max_abs_delta']:.3g}"),
-        ("mean |δ|", f"{summary['mean_abs_delta']:.3g}"),
-        ("spread (std) of f(x) − E[f(b)]", f"{summary['spread_of_output_minus_base']:.3g}"),
-    ])
+    rep.table(None, _common.settings_rows(args, summary, "images")
+              + [("image layout", "channel-first" if args.framework == "torch" else "channel-last")])
 
     rep.heading("Predictions", "predictions")
     rep.figure(confusion_figure(y_true, y_pred, [str(c) for c in CLASSES], title="explained test images"),
@@ -220,17 +195,8 @@ def _write_report(args, exp, exp_true, wrong, grouped, y_true, y_pred, logits, b
     rep.figure(_base_value_figure(background_logits, exp), "base_value",
                "Each class's base value (its mean logit over the background images) and its mean logit over the "
                "images predicted as that class.")
-    rep.figure(plots.completeness(exp), "completeness",
-               "Completeness: each image's sum of attributions against f(x) − E[f(b)] (left) and the residuals δ (right).")
-    conv = summary["convergence"]
-    rep.figure(_common.convergence_figure(conv, n_rows=n, used=conv["rows"]), "convergence",
-               "Error against the number of samples per image, i.i.d. sampling versus gradshap's balanced design.")
-
-    rep.heading("Files", "files")
-    exp.save(rep.folder / "explanation.npz")
-    rep.link("explanation.npz", "explanation.npz: the Explanation (every field)")
-    rep.link("summary.json", "summary.json: the numbers printed by the demo")
-    rep.code('import gradshap\nfrom gradshap import plots\nexp = gradshap.Explanation.load("explanation.npz")\n'
+    _common.report_checks(
+        rep, exp, summary, what="image", data_note="",
+        code='import gradshap\nfrom gradshap import plots\nexp = gradshap.Explanation.load("explanation.npz")\n'
              'plots.image(exp, [0, 1, 2], input_cmap="gray_r")')
-    rep.write()
     return rep

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["Report", "confusion_figure"]
+__all__ = ["Report", "confusion_figure", "finish_axes"]
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1000px;
@@ -46,8 +46,9 @@ class Report:
     def code(self, text: str) -> None:
         self.parts.append(f"<pre><code>{html.escape(text)}</code></pre>")
 
-    def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    def table(self, header: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> None:
+        """A table; ``header=None`` for a two-column list of settings and values."""
+        head = "" if header is None else "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
         body = []
         for row in rows:
             cells = []
@@ -56,7 +57,8 @@ class Report:
                 text = f"{cell:.4g}" if isinstance(cell, (float, np.floating)) else str(cell)
                 cells.append(f'<td class="num">{html.escape(text)}</td>' if numeric else f"<td>{html.escape(text)}</td>")
             body.append("<tr>" + "".join(cells) + "</tr>")
-        self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+        thead = f"<thead><tr>{head}</tr></thead>" if head else ""
+        self.parts.append(f"<table>{thead}<tbody>{''.join(body)}</tbody></table>")
 
     def figure(self, fig, name: str, caption: str, *, dpi: int = 110) -> str:
         """Save ``fig`` (a Figure or Axes) as ``name``.png, close it, and show it here."""
@@ -127,3 +129,13 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequen
     ax.set_title(f"{title}: accuracy {accuracy:.3f} on {counts.sum()} rows", fontsize=11)
     fig.colorbar(image, ax=ax, shrink=0.8, label="rows")
     return fig
+
+
+def finish_axes(ax, *, title: str, xlabel: str, ylabel: str) -> None:
+    """The demos' figure style: a left title, the legend outside on the right, no top/right frame."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title, loc="left", fontsize=11)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)

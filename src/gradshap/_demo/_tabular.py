@@ -13,7 +13,7 @@ import numpy as np
 
 import gradshap
 from gradshap._demo import _common, _models
-from gradshap._demo._report import Report, confusion_figure
+from gradshap._demo._report import Report, confusion_figure, finish_axes
 from gradshap._groups import CONFUSION
 
 GROUP_TEXT = {
@@ -55,24 +55,16 @@ def run(args) -> int:
           f"train {len(d['y_train'])}, test {len(d['y_test'])}; positive class = malignant "
           f"({d['n_positive']} of {d['n_rows']})")
 
-    with timer.stage("training"):
-        model = _models.build(fw, "mlp", n_features, args.seed)
-        losses = _models.fit(fw, model, d["X_train"], d["y_train"], task="binary", epochs=args.epochs,
-                             seed=args.seed, progress=progress)
-        logits = _models.predict(fw, model, d["X_test"])[:, 0]
+    model, losses, logits = _common.train(args, d, kind="mlp", size=n_features, task="binary", timer=timer,
+                                          progress=progress)
+    logits = logits[:, 0]
     y_test, y_pred = d["y_test"], (logits > 0).astype(np.int64)
     accuracy = float((y_pred == y_test).mean())
     print(f"model: MLP {n_features}-64-64-1, ReLU, BatchNorm, dropout 0.5; Adam, {args.epochs} epochs, "
           f"final training loss {losses[-1]:.4f}")
 
-    n = min(args.n_explain or len(y_test), len(y_test))
-    rng = np.random.default_rng(args.seed)
-    background_rows = np.sort(rng.choice(len(d["X_train"]), size=min(args.background, len(d["X_train"])), replace=False))
-    with timer.stage("explanation"):
-        explainer, exp = _common.explain(
-            fw, model, d["X_train"][background_rows], d["X_test"][:n], feature_names=names,
-            n_samples=args.n_samples, seed=args.seed, progress=progress,
-        )
+    n, background_rows, explainer, exp = _common.explain_test_set(args, d, model, feature_names=names, timer=timer,
+                                                                  progress=progress)
     # Show features in their original units (the model saw them standardized).
     exp = dataclasses.replace(exp, data=d["X_test_raw"][:n])
     labels = gradshap.confusion_labels(y_test[:n], y_pred[:n])
@@ -106,22 +98,14 @@ def run(args) -> int:
         },
         "labels": labels.tolist(),
     }
-    if not args.no_report:
-        with timer.stage("convergence"):
-            rows = min(n, 60)
-            summary["convergence"] = _common.convergence(
-                explainer, _models.to_framework(fw, d["X_test"][:rows]), n_samples=args.n_samples, seed=args.seed, progress=progress)
-            summary["convergence"]["rows"] = rows
+
+    def report():
+        _common.run_convergence(args, timer, summary, explainer, d["X_test"][:min(n, 40)], progress=progress)
         with timer.stage("report"):
             background_logits = _models.predict(fw, model, d["X_train"][background_rows])[:, 0]
-            report = _write_report(args, exp, grouped, labels, y_test, y_pred, logits, background_logits, summary)
-    summary["seconds"] = {**timer.stages, "total": timer.total}
-    if not args.no_report:
-        report.write_json("summary.json", summary)
-        print(f"\nreport: {(report.folder / 'index.html').resolve()}")
-    stages = ", ".join(f"{k} {v:.1f}" for k, v in timer.stages.items())
-    print(f"time: {timer.total:.1f} s ({stages})")
-    return 0
+            return _write_report(args, exp, grouped, labels, y_test, y_pred, logits, background_logits, summary)
+
+    return _common.finish(args, timer, summary, report)
 
 
 def _base_value_figure(background_logits, logits, labels, base):
@@ -133,17 +117,13 @@ def _base_value_figure(background_logits, logits, labels, base):
     everything = np.concatenate([background_logits, logits])
     bins = np.linspace(everything.min(), everything.max(), 41)
     ax.hist(background_logits, bins=bins, color="#bbbbbb", label=f"background rows (n={len(background_logits)})")
-    present = [g for g in CONFUSION if (labels == g).any()]
+    present = [g for g in CONFUSION if (labels == g).any()][::-1]  # matplotlib lists stacked sets in reverse
     ax.hist([logits[labels == g] for g in present], bins=bins, stacked=True, histtype="step", linewidth=1.6,
             color=[_GROUP_COLORS[CONFUSION.index(g)] for g in present], label=[f"explained rows: {g}" for g in present])
     ax.axvline(base, color="#111111", lw=1.5, label=f"base value E[f(b)] = {base:+.3f}")
     ax.axvline(0.0, color="#d7263d", lw=1, ls=":", label="decision threshold (logit 0)")
-    ax.set_xlabel("model output f (logit of malignant)")
-    ax.set_ylabel("rows")
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title("the base value is the mean output over the background", loc="left", fontsize=11)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    finish_axes(ax, title="the base value is the mean output over the background",
+                xlabel="model output f (logit of malignant)", ylabel="rows")
     return fig
 
 
@@ -159,20 +139,15 @@ def _write_report(args, exp, grouped, labels, y_test, y_pred, logits, background
         f"the model's logit for <em>malignant</em> to the features, for each of the {n} test rows explained, "
         f"against {summary['background_rows']} background rows from the training set.", raw=True,
     )
-    rep.table(("", ""), [
-        ("framework", args.framework),
-        ("test accuracy", f"{summary['accuracy']:.3f} ({len(y_test)} rows)"),
-        ("samples per row / sampler / seed", f"{summary['n_samples']} / {summary['sampler']} / {args.seed}"),
-        ("base value E[f(b)] (logit)", f"{summary['base_value']:+.4f}  (probability {1 / (1 + np.exp(-summary['base_value'])):.3f})"),
-        ("worst completeness residual |δ|", f"{summary['max_abs_delta']:.3g}"),
-        ("mean |δ|", f"{summary['mean_abs_delta']:.3g}"),
-        ("spread (std) of f(x) − E[f(b)]", f"{summary['spread_of_output_minus_base']:.3g}"),
-    ])
+    base = summary["base_value"]
+    rep.table(None, _common.settings_rows(args, summary, "rows")
+              + [("base value E[f(b)] (logit)", f"{base:+.4f}  (probability {1 / (1 + np.exp(-base)):.3f})")])
     rep.text(
         "How to read the numbers: attributions are in logit units and each row's attributions add up to "
         "f(x) − E[f(b)] up to the residual δ, which gradshap reports instead of hiding. A group's interval "
         "is its mean ± 1.96 standard errors across the group's rows (a normal approximation: with only a "
-        "few rows in a group, read it as rough). Red pushes towards malignant, blue towards benign."
+        "few rows in a group, read it as rough). Red pushes towards malignant, blue towards benign. δ shrinks as the samples per row grow "
+        "(gradshap demo --n-samples; see the accuracy figure at the end)."
     )
 
     rep.heading("Predictions", "predictions")
@@ -220,21 +195,9 @@ def _write_report(args, exp, grouped, labels, y_test, y_pred, logits, background
     rep.figure(_base_value_figure(background_logits, logits[:n], labels, summary["base_value"]), "base_value",
                "Model outputs over the background rows (grey) and the explained rows by group. The base value "
                "E[f(b)] is the background's mean output; every attribution is measured from it.")
-    rep.figure(plots.completeness(exp), "completeness",
-               "Completeness: each row's sum of attributions against f(x) − E[f(b)] (left) and the residuals δ (right).")
-
-    conv = summary["convergence"]
-    rep.figure(_common.convergence_figure(conv, n_rows=n, used=conv["rows"]), "convergence",
-               "How the error falls with the number of samples per row, for i.i.d. draws of (baseline, α) as "
-               "shap and captum make them and for gradshap's balanced design (every background row used "
-               "equally often, α stratified). Same model, rows and seed.")
-
-    rep.heading("Files", "files")
-    exp.save(rep.folder / "explanation.npz")
-    rep.link("explanation.npz", "explanation.npz: the Explanation (every field; feature values in original units)")
-    rep.link("summary.json", "summary.json: the numbers printed by the demo")
-    rep.code('import gradshap\nexp = gradshap.Explanation.load("explanation.npz")\n'
+    _common.report_checks(
+        rep, exp, summary, what="row", data_note="; feature values in original units",
+        code='import gradshap\nexp = gradshap.Explanation.load("explanation.npz")\n'
              'grouped = exp.groupby(labels)      # your own labels, one per row\n'
              'shap_exp = exp.to_shap()           # shap.plots.waterfall(shap_exp[0]) etc.')
-    rep.write()
     return rep
