@@ -30,16 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", choices=("tabular", "image"), default="tabular",
                    help="tabular: breast-cancer MLP (default); image: digits CNN")
     p.add_argument("--framework", choices=("torch", "jax"), default="torch", help="default: torch")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="report folder (default: ./gradshap-report/<demo>)")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=int, metavar="N", default=None,
                    help=f"training epochs (default: {_DEFAULTS['tabular']['epochs']} tabular, "
                         f"{_DEFAULTS['image']['epochs']} image)")
-    p.add_argument("--n-explain", type=int, default=None, help="test rows to explain (default: all)")
-    p.add_argument("--n-samples", type=int, default=200, help="gradient samples per row (default: 200)")
-    p.add_argument("--background", type=int, default=100, help="background rows from the training set (default: 100)")
-    p.add_argument("--seed", type=int, default=0, help="fixes the split, the training and the explanation (default: 0)")
-    p.add_argument("--top", type=int, default=5, help="features printed per group (default: 5)")
+    p.add_argument("--n-explain", type=int, metavar="N", default=None, help="test rows to explain (default: all)")
+    p.add_argument("--n-samples", type=int, metavar="N", default=200, help="gradient samples per row (default: 200)")
+    p.add_argument("--background", type=int, metavar="N", default=100, help="background rows from the training set (default: 100)")
+    p.add_argument("--seed", type=int, metavar="N", default=0, help="fixes the split, the training and the explanation (default: 0)")
+    p.add_argument("--top", type=int, metavar="N", default=5, help="features printed per group (default: 5)")
     p.add_argument("--no-report", action="store_true", help="print the summary only; no figures or HTML")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
