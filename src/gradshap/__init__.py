@@ -6,9 +6,21 @@ gradshap imports no deep-learning framework.
 
 from gradshap._engine import expected_gradients as expected_gradients
 from gradshap._explainer import GradientExplainer as GradientExplainer
+from gradshap._groups import Group as Group
+from gradshap._groups import GroupedExplanation as GroupedExplanation
+from gradshap._groups import confusion_labels as confusion_labels
 from gradshap._sampling import SAMPLERS as SAMPLERS
 from gradshap.explanation import Explanation as Explanation
 
 __version__ = "0.1.0"
 
-__all__ = ["SAMPLERS", "Explanation", "GradientExplainer", "expected_gradients", "__version__"]
+__all__ = [
+    "SAMPLERS",
+    "Explanation",
+    "GradientExplainer",
+    "Group",
+    "GroupedExplanation",
+    "__version__",
+    "confusion_labels",
+    "expected_gradients",
+]
