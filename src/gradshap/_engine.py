@@ -61,16 +61,28 @@ def _pad(xp, arrays: tuple, size: int) -> tuple:
 
 
 def _forward(adapter: Adapter, xp, inputs: tuple, batch: int):
-    """Model outputs over ``inputs`` in chunks of ``batch`` rows."""
+    """Model outputs over ``inputs`` in chunks of ``batch`` rows.
+
+    A padding adapter compiles once per shape: a short last chunk is padded to the next
+    power of two (not to ``batch``), so the forward pass for a few rows stays cheap and
+    the number of shapes stays small.
+    """
     n = inputs[0].shape[0]
     outs = []
     for r0 in range(0, n, batch):
         part = tuple(a[r0 : r0 + batch] for a in inputs)
         m = part[0].shape[0]
         if adapter.pads:
-            part = _pad(xp, part, batch)
+            part = _pad(xp, part, min(batch, 1 << (m - 1).bit_length()))
         outs.append(adapter.forward(part)[:m])
     return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
+
+
+def _block_stats(xp, contributions: list) -> tuple[list, list]:
+    """Per-row mean and sum of squared deviations over the sample axis (axis 1)."""
+    means = [xp.mean(g, axis=1) for g in contributions]
+    m2s = [xp.sum((g - xp.expand_dims(mu, axis=1)) ** 2, axis=1) for g, mu in zip(contributions, means)]
+    return means, m2s
 
 
 class _Stats:
@@ -81,12 +93,9 @@ class _Stats:
         self.mean: list = []
         self.m2: list = []
 
-    def add(self, xp, contributions: list) -> None:
-        s = contributions[0].shape[1]
-        means = [xp.mean(g, axis=1) for g in contributions]
-        m2s = [xp.sum((g - xp.expand_dims(mu, axis=1)) ** 2, axis=1) for g, mu in zip(contributions, means)]
+    def merge(self, means: list, m2s: list, s: int) -> None:
         if self.count == 0:
-            self.mean, self.m2 = means, m2s
+            self.mean, self.m2 = list(means), list(m2s)
         else:
             total = self.count + s
             for k, (mu, m2) in enumerate(zip(means, m2s)):
@@ -94,6 +103,40 @@ class _Stats:
                 self.mean[k] = self.mean[k] + d * (s / total)
                 self.m2[k] = self.m2[k] + m2 + d * d * (self.count * s / total)
         self.count += s
+
+
+def _chunk(xp, value_and_grad, x_rows, background, index, alpha, cot, noise):
+    """One rectangle of k rows x s samples -> per-row block mean and M2 of the contributions.
+
+    Pure array code with shapes fixed by its arguments, so that an adapter can compile it
+    whole (:meth:`Adapter.fuse`): interpolation, the model's VJP, the multiply and the
+    reductions then run as one program, with no eager op dispatched per chunk.
+
+    ``x_rows``: per input ``(k, 1, *f)`` in the accumulation dtype; ``background``: per input
+    ``(B, *f)``; ``index``, ``alpha``: ``(k, s)``; ``cot``: ``(k, K)``; ``noise``: ``None`` or
+    per input ``(k, s, *f)`` (already scaled by ``stdevs``).
+    """
+    k, s = index.shape
+    flat_index = xp.reshape(index, (k * s,))
+    points, diffs = [], []
+    for pos, (xr, bg) in enumerate(zip(x_rows, background)):
+        fshape = tuple(bg.shape[1:])
+        base = xp.reshape(xp.astype(xp.take(bg, flat_index, axis=0), xr.dtype, copy=False), (k, s, *fshape))
+        if noise is not None:
+            xr = xr + noise[pos]
+        diff = xr - base
+        a = xp.reshape(alpha, (k, s) + (1,) * len(fshape))
+        points.append(xp.astype(xp.reshape(base + a * diff, (k * s, *fshape)), bg.dtype, copy=False))
+        diffs.append(diff)
+    n_out = cot.shape[1]
+    cots = xp.reshape(xp.broadcast_to(xp.expand_dims(cot, axis=1), (k, s, n_out)), (k * s, n_out))
+    _, grads = value_and_grad(tuple(points), cots)
+    contributions = [d * xp.reshape(xp.astype(g, d.dtype, copy=False), d.shape) for d, g in zip(diffs, grads)]
+    return _block_stats(xp, contributions)
+
+
+def _pad_rows(a: np.ndarray, size: int) -> np.ndarray:
+    return a if a.shape[0] == size else a[np.arange(size) % a.shape[0]]
 
 
 def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stdevs, key, batch_size, bar):
@@ -106,46 +149,41 @@ def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stde
     sizes = [math.prod(f) for f in feat]
     k_rows = max(1, batch_size // n_samples)
     s_size = min(n_samples, batch_size)
-    chunk_points = k_rows * s_size
-    n_out = cot_rows.shape[1]
+    step = adapter.fuse(_chunk)
     values, m2 = [[] for _ in x], [[] for _ in x]
     for r0 in range(0, n, k_rows):
         r1 = min(n, r0 + k_rows)
         k = r1 - r0
+        # A padding adapter sees every block with k_rows rows (rows are independent, so the
+        # repeated rows only cost time and are dropped after); samples are never padded.
+        k_run = min(k_rows, n) if adapter.pads else k
         rows = np.arange(r0, r1)
         index, alpha = _sampling.draw(sampler, key, rows, n_samples, nb)
-        index = xp.asarray(index, device=device)
-        alpha = xp.asarray(alpha, dtype=acc, device=device)
+        index = xp.asarray(_pad_rows(index, k_run), device=device)
+        alpha = xp.asarray(_pad_rows(alpha, k_run), dtype=acc, device=device)
         x_rows = [xp.expand_dims(xp.astype(a[r0:r1], acc, copy=False), axis=1) for a in x]
-        cot = xp.expand_dims(cot_rows[r0:r1], axis=1)
+        cot = cot_rows[r0:r1]
+        if k_run != k:
+            *x_rows, cot = _pad(xp, (*x_rows, cot), k_run)
         stats = _Stats()
         for s0 in range(0, n_samples, s_size):
             s1 = min(n_samples, s0 + s_size)
             s = s1 - s0
-            flat_index = xp.reshape(index[:, s0:s1], (k * s,))
-            points, diffs = [], []
-            for pos, (xr, bg, fshape, size) in enumerate(zip(x_rows, background, feat, sizes)):
-                base = xp.reshape(xp.astype(xp.take(bg, flat_index, axis=0), acc, copy=False), (k, s, *fshape))
-                if stdevs > 0:
-                    noise = _sampling.normals(key, rows, s * size, _sampling.STREAM_NOISE + pos, start=s0 * size)
-                    xr = xr + stdevs * xp.asarray(np.reshape(noise, (k, s, *fshape)), dtype=acc, device=device)
-                diff = xr - base
-                a = xp.reshape(alpha[:, s0:s1], (k, s) + (1,) * len(fshape))
-                point = base + a * diff
-                points.append(xp.astype(xp.reshape(point, (k * s, *fshape)), dtype, copy=False))
-                diffs.append(diff)
-            cots = xp.reshape(xp.broadcast_to(cot, (k, s, n_out)), (k * s, n_out))
-            if adapter.pads and k * s < chunk_points:
-                padded = _pad(xp, (*points, cots), chunk_points)
-                _, grads = adapter.value_and_grad(padded[:-1], padded[-1])
-                grads = tuple(g[: k * s] for g in grads)
-            else:
-                _, grads = adapter.value_and_grad(tuple(points), cots)
-            contributions = [
-                d * xp.reshape(xp.astype(g, acc, copy=False), (k, s, *fshape))
-                for d, g, fshape in zip(diffs, grads, feat)
-            ]
-            stats.add(xp, contributions)
+            noise = None
+            if stdevs > 0:
+                noise = tuple(
+                    xp.asarray(
+                        stdevs * _pad_rows(np.reshape(
+                            _sampling.normals(key, rows, s * size, _sampling.STREAM_NOISE + pos, start=s0 * size),
+                            (k, s, *fshape)), k_run),
+                        dtype=acc, device=device,
+                    )
+                    for pos, (fshape, size) in enumerate(zip(feat, sizes))
+                )
+            means, m2s = step(xp, tuple(x_rows), background, index[:, s0:s1], alpha[:, s0:s1], cot, noise)
+            if k_run != k:
+                means, m2s = [mu[:k] for mu in means], [v[:k] for v in m2s]
+            stats.merge(means, m2s, s)
             if bar is not None:
                 bar.update(k * s)
         for pos in range(len(x)):
