@@ -53,6 +53,16 @@ class Adapter:
         """Outputs at ``points`` and the VJP of the outputs with ``cotangent`` (m, K)."""
         raise NotImplementedError
 
+    def fuse(self, step: Callable) -> Callable:
+        """``step(xp, value_and_grad, *arrays)`` as a callable ``(xp, *arrays)``.
+
+        The engine hands its per-chunk work (interpolation, VJP, multiply, reductions) to
+        ``step``, a pure function of arrays and tuples of arrays with static shapes. An
+        adapter for a compiling framework may compile it whole, once per shape; by default
+        it runs eagerly with :meth:`value_and_grad`.
+        """
+        return lambda xp, *arrays: step(xp, self.value_and_grad, *arrays)
+
     def compose(self, fn: Callable) -> "Adapter":
         """The same model followed by ``fn`` (a callable target)."""
         raise NotImplementedError

@@ -88,8 +88,10 @@ class JaxAdapter(Adapter):
             out, pullback = jax.vjp(lambda *p: call(params, p), *points)
             return out, pullback(cotangent.reshape(out.shape).astype(out.dtype))
 
+        self._raw_value_and_grad = value_and_grad
         self._forward = jax.jit(call)
         self._value_and_grad = jax.jit(value_and_grad)
+        self._fused: dict = {}
 
     def forward(self, points: tuple):
         return self._forward(self._params(), tuple(points))
@@ -100,6 +102,21 @@ class JaxAdapter(Adapter):
 
     def is_out_of_memory(self, err: BaseException) -> bool:
         return "RESOURCE_EXHAUSTED" in str(err) and "emory" in str(err)
+
+    def fuse(self, step: Callable) -> Callable:
+        # One jitted program per step function (kept, so later calls reuse the compiled
+        # code): the engine's array code around the VJP fuses with the model's.
+        fused = self._fused.get(step)
+        if fused is None:
+            jax = require("jax")
+            raw = self._raw_value_and_grad
+
+            def with_params(params, xp, *arrays):
+                return step(xp, lambda points, cot: raw(params, points, cot), *arrays)
+
+            jitted = jax.jit(with_params, static_argnums=1)
+            fused = self._fused[step] = lambda xp, *arrays: jitted(self._params(), xp, *arrays)
+        return fused
 
     def compose(self, fn: Callable) -> "JaxAdapter":
         return JaxAdapter(self.model, fn)

@@ -26,16 +26,52 @@ class TorchAdapter(Adapter):
         self.xp = xp
         self.model = model
         self.output_fn = output_fn
+        # Convolutions on CPU run faster on channels-last (NHWC) activations (oneDNN's
+        # native layout): images are handed to a model with Conv2d layers in that layout.
+        # A model that cannot take it (a .view() on the activations) is detected on the
+        # first call and then gets contiguous inputs.
+        torch = self._torch
+        self._channels_last = isinstance(model, torch.nn.Module) and any(
+            isinstance(m, torch.nn.Conv2d) for m in model.modules()
+        )
+        self._layout_checked = False
+
+    def _layout(self, p):
+        if not (self._channels_last and p.ndim == 4 and p.device.type == "cpu"):
+            return p
+        n, c, h, w = p.shape
+        if c == 1:
+            # With one channel the two layouts hold the same bytes: restride, no copy.
+            return p.contiguous().as_strided(p.shape, (h * w, 1, w, 1))
+        return p.contiguous(memory_format=self._torch.channels_last)
 
     def _call(self, points: tuple):
         out = self.model(*points)
         return out if self.output_fn is None else self.output_fn(out)
 
+    def _checked(self, fn: Callable, points: tuple):
+        """``fn(points in the preferred layout)``; falls back to contiguous inputs for good
+        if the first call fails in channels-last."""
+        if not self._channels_last:
+            return fn(points)
+        try:
+            result = fn(tuple(self._layout(p) for p in points))
+        except RuntimeError:
+            if self._layout_checked:
+                raise
+            self._channels_last = False
+            return fn(points)
+        self._layout_checked = True
+        return result
+
     def forward(self, points: tuple):
         with self._torch.no_grad():
-            return self._call(points)
+            return self._checked(self._call, points)
 
     def value_and_grad(self, points: tuple, cotangent):
+        return self._checked(lambda p: self._value_and_grad(p, cotangent), points)
+
+    def _value_and_grad(self, points: tuple, cotangent):
         torch = self._torch
         with torch.enable_grad():
             leaves = tuple(p.detach().requires_grad_(True) for p in points)
