@@ -81,11 +81,11 @@ def _forward(adapter: Adapter, xp, inputs: tuple, batch: int):
     n = inputs[0].shape[0]
     outs = []
     for r0 in range(0, n, batch):
-        part = tuple(a[r0 : r0 + batch] for a in inputs)
+        part = tuple(a[r0 : min(n, r0 + batch), ...] for a in inputs)
         m = part[0].shape[0]
         if adapter.pads:
             part = _pad(xp, part, min(batch, 1 << (m - 1).bit_length()))
-        outs.append(adapter.forward(part)[:m])
+        outs.append(adapter.forward(part)[:m, ...])
     return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
 
 
@@ -167,6 +167,14 @@ def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stde
     # _DRAWS_PER_CALL pairs); draws are per row, so the grouping changes no number.
     draw_rows = k_rows * max(1, _DRAWS_PER_CALL // (k_rows * n_samples))
     values, m2 = [[] for _ in x], [[] for _ in x]
+    # On CPU an eager framework's per-row results go straight into one host buffer: small
+    # arrays kept alive between chunks fragment the C heap, and peak memory then grew with
+    # the number of rows (torch MLP: 1.9x at 4x rows; 1.1x with the buffer). Compiling
+    # adapters keep them on device, where reading them back would stall the pipeline.
+    host = None
+    if "cpu" in str(device).lower() and not adapter.pads and n > k_rows:
+        np_dtype = np.float64 if xp.finfo(acc).bits == 64 else np.float32
+        host = tuple([np.empty((n, *f), dtype=np_dtype) for f in feat] for _ in range(2))
     for r0 in range(0, n, k_rows):
         r1 = min(n, r0 + k_rows)
         k = r1 - r0
@@ -181,7 +189,7 @@ def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stde
         index = xp.asarray(_pad_rows(index, k_run), device=device)
         alpha = xp.asarray(_pad_rows(alpha, k_run), dtype=acc, device=device)
         # Whole arrays are passed unsliced: with a compiling adapter each eager op costs a dispatch.
-        x_block, cot = (x, cot_rows) if k == n else (tuple(a[r0:r1] for a in x), cot_rows[r0:r1])
+        x_block, cot = (x, cot_rows) if k == n else (tuple(a[r0:r1, ...] for a in x), cot_rows[r0:r1, ...])
         if k_run != k:
             *x_block, cot = _pad(xp, (*x_block, cot), k_run)
         stats = _Stats()
@@ -202,15 +210,23 @@ def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stde
             index_s, alpha_s = (index, alpha) if s == n_samples else (index[:, s0:s1], alpha[:, s0:s1])
             means, m2s = step(xp, tuple(x_block), background, index_s, alpha_s, cot, noise)
             if k_run != k:
-                means, m2s = [mu[:k] for mu in means], [v[:k] for v in m2s]
+                means, m2s = [mu[:k, ...] for mu in means], [v[:k, ...] for v in m2s]
             stats.merge(means, m2s, s)
             if bar is not None:
                 bar.update(k * s)
         for pos in range(len(x)):
-            values[pos].append(stats.mean[pos])
-            m2[pos].append(stats.m2[pos])
-    values = [v[0] if len(v) == 1 else xp.concat(v, axis=0) for v in values]
-    m2 = [v[0] if len(v) == 1 else xp.concat(v, axis=0) for v in m2]
+            if host is not None:
+                host[0][pos][r0:r1] = np.from_dlpack(stats.mean[pos])
+                host[1][pos][r0:r1] = np.from_dlpack(stats.m2[pos])
+            else:
+                values[pos].append(stats.mean[pos])
+                m2[pos].append(stats.m2[pos])
+    if host is not None:
+        values = [xp.asarray(v, device=device) for v in host[0]]
+        m2 = [xp.asarray(v, device=device) for v in host[1]]
+    else:
+        values = [v[0] if len(v) == 1 else xp.concat(v, axis=0) for v in values]
+        m2 = [v[0] if len(v) == 1 else xp.concat(v, axis=0) for v in m2]
     if n_samples > 1:
         stderr = [xp.sqrt(v / (n_samples * (n_samples - 1))) for v in m2]
     else:
