@@ -30,8 +30,10 @@ __all__ = ["Result", "default_batch_size", "expected_gradients", "run"]
 _ELEMENTS_PER_CHUNK = 2**20
 _ELEMENTS_PER_CHUNK_CPU = 2**17
 _MIN_BATCH, _MAX_BATCH = 64, 8192
-# Most (baseline, alpha) pairs the host draws in one call (16 bytes each).
+# Most (baseline, alpha) pairs the host draws in one call (16 bytes each), and how many
+# chunks' worth it draws at once below that.
 _DRAWS_PER_CALL = 2**16
+_CHUNKS_PER_DRAW = 4
 
 
 def default_batch_size(feature_size: int, *, device: Any = None, compiled: bool = False) -> int:
@@ -161,11 +163,15 @@ def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stde
     feat = [tuple(a.shape[1:]) for a in x]
     sizes = [math.prod(f) for f in feat]
     k_rows = max(1, batch_size // n_samples)
-    s_size = min(n_samples, batch_size)
+    # More samples than a chunk holds: equal sample blocks (200 samples at batch_size 167
+    # run as 2 x 100, not 167 + 33), so no chunk is a small, slow remainder.
+    s_size = -(-n_samples // -(-n_samples // batch_size)) if n_samples > batch_size else n_samples
     step = adapter.fuse(_chunk)
-    # The host draws for several row blocks in one vectorised call (at most
-    # _DRAWS_PER_CALL pairs); draws are per row, so the grouping changes no number.
-    draw_rows = k_rows * max(1, _DRAWS_PER_CALL // (k_rows * n_samples))
+    # The host draws for several row blocks in one vectorised call: about
+    # _CHUNKS_PER_DRAW chunks' worth of pairs, so that its memory too is set by
+    # batch_size. Draws are per row, so the grouping changes no number.
+    draw_pairs = min(_DRAWS_PER_CALL, _CHUNKS_PER_DRAW * batch_size)
+    draw_rows = k_rows * max(1, draw_pairs // (k_rows * n_samples))
     values, m2 = [[] for _ in x], [[] for _ in x]
     # On CPU an eager framework's per-row results go straight into one host buffer: small
     # arrays kept alive between chunks fragment the C heap, and peak memory then grew with
