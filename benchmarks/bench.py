@@ -427,22 +427,20 @@ def _batch_size(explainer, case, x) -> int:
     )
 
 
-class _SelectOutput:
-    """Wraps a torch model to return only the explained output, as (m, 1)."""
+def _select_output(model, target):
+    """``model`` returning only the explained output, as (m, 1) (a torch module)."""
+    from torch import nn
 
-    def __new__(cls, model, target):
-        from torch import nn
+    class Select(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        class Select(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
+        def forward(self, x):
+            out = self.model(x)
+            return out if target is None else out[:, target : target + 1]
 
-            def forward(self, x):
-                out = self.model(x)
-                return out if target is None else out[:, target : target + 1]
-
-        return Select().eval()
+    return Select().eval()
 
 
 def row_captum(group: Group, model, case: Case, opts: dict):
@@ -477,7 +475,7 @@ def row_shap(group: Group, model, case: Case, opts: dict):
         raise Skip("shap is not installed") from err
     if group.name == "torch":
         # One output only: shap would otherwise explain all of them (10x the work).
-        wrapped = _SelectOutput(model, case.wl.target)
+        wrapped = _select_output(model, case.wl.target)
         x, bg = group.array(case.x), group.array(case.bg)
     else:
         keras_model = case.keras_model if hasattr(case, "keras_model") else None
@@ -663,7 +661,7 @@ def worker_memory(spec: dict, group: Group | None = None) -> dict:
             run()
             res = peak_rise_mib(run, group)
             if rname == "gradshap":
-                res["scaling"] = _gradshap_scaling(group, model, case, n_rows, n_samples)
+                res["scaling"] = _gradshap_scaling(group, model, case, n_rows, n_samples, 1 if spec["quick"] else 3)
             out["rows"][rname] = res
         except Skip as err:
             out["rows"][rname] = {"skipped": str(err)}
@@ -672,18 +670,23 @@ def worker_memory(spec: dict, group: Group | None = None) -> dict:
     return out
 
 
-def _gradshap_scaling(group, model, case, n_rows, n_samples) -> dict:
-    """Peak rise at (n, S), (4n, S) and (n, 4S), each measured after its own warm-up."""
+def _gradshap_scaling(group, model, case, n_rows, n_samples, repeats: int) -> dict:
+    """Peak rise at (n, S), (4n, S) and (n, 4S), each after its own warm-up; the median
+    of ``repeats`` rounds, the three sizes interleaved (the C heap makes single readings
+    scatter by several MiB)."""
     import gradshap
 
     bg = group.array(case.bg)
     explainer = gradshap.GradientExplainer(model, bg, framework=group.gradshap_framework)
     x4, _ = case.wl.data(4 * n_rows)
-    result = {}
-    for label, x, s in (("base", case.x, n_samples), ("rows_x4", x4, n_samples), ("samples_x4", case.x, 4 * n_samples)):
-        run = _gradshap_runner(group, explainer, group.array(x), case, s)
-        run()
-        result[label] = peak_rise_mib(run, group).get("rss_rise_mib")
+    configs = {"base": (case.x, n_samples), "rows_x4": (x4, n_samples), "samples_x4": (case.x, 4 * n_samples)}
+    runs = {label: _gradshap_runner(group, explainer, group.array(x), case, s) for label, (x, s) in configs.items()}
+    readings = {label: [] for label in configs}
+    for _ in range(repeats):
+        for label, run in runs.items():
+            run()
+            readings[label].append(peak_rise_mib(run, group).get("rss_rise_mib"))
+    result = {label: statistics.median(v) for label, v in readings.items()}
     base = result["base"]
     for label in ("rows_x4", "samples_x4"):
         result[f"{label}_ratio"] = round(result[label] / base, 3) if base and base > 0 else None
