@@ -150,6 +150,31 @@ def _chunk(xp, value_and_grad, x_block, background, index, alpha, cot, noise):
     return _block_stats(xp, contributions)
 
 
+# A chunk shape is accepted once it holds this fraction of batch_size points.
+_MIN_FILL = 0.9
+
+
+def _plan(n_samples: int, batch_size: int) -> tuple[int, int]:
+    """(rows, samples) per chunk: samples cut into equal blocks, rows filling the rest.
+
+    The chunk holds at most ``batch_size`` points and, wherever a split allows, at least
+    ``_MIN_FILL`` of it, for any ``n_samples``: peak memory is then set by
+    ``batch_size`` alone (200 samples at batch_size 334 run as 3 rows x 100, not 1 x 200,
+    and 800 samples as 2 rows x 160). Fewest sample blocks first: each costs a merge.
+    """
+    first = -(-n_samples // batch_size)  # fewest blocks that fit
+    best = None
+    for blocks in range(first, min(n_samples, first + 64) + 1):
+        s_size = -(-n_samples // blocks)
+        k_rows = max(1, batch_size // s_size)
+        fill = k_rows * s_size / batch_size
+        if best is None or fill > best[0] + 1e-12:
+            best = (fill, k_rows, s_size)
+        if fill >= _MIN_FILL:
+            break
+    return best[1], best[2]
+
+
 def _pad_rows(a: np.ndarray, size: int) -> np.ndarray:
     return a if a.shape[0] == size else a[np.arange(size) % a.shape[0]]
 
@@ -162,10 +187,7 @@ def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stde
     device = aac.device(x[0])
     feat = [tuple(a.shape[1:]) for a in x]
     sizes = [math.prod(f) for f in feat]
-    k_rows = max(1, batch_size // n_samples)
-    # More samples than a chunk holds: equal sample blocks (200 samples at batch_size 167
-    # run as 2 x 100, not 167 + 33), so no chunk is a small, slow remainder.
-    s_size = -(-n_samples // -(-n_samples // batch_size)) if n_samples > batch_size else n_samples
+    k_rows, s_size = _plan(n_samples, batch_size)
     step = adapter.fuse(_chunk)
     # The host draws for several row blocks in one vectorised call: about
     # _CHUNKS_PER_DRAW chunks' worth of pairs, so that its memory too is set by
