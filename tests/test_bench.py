@@ -176,3 +176,19 @@ def test_draws_do_not_depend_on_batch_size(monkeypatch, draws_per_call):
     for other in runs[1:]:
         np.testing.assert_allclose(other.values, runs[0].values, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(other.stderr, runs[0].stderr, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("n_samples", [1, 7, 64, 200, 800, 10**6])
+@pytest.mark.parametrize("batch_size", [1, 3, 48, 167, 334, 4369, 8192])
+def test_chunk_plan_fills_batch_size_for_any_sample_count(n_samples, batch_size):
+    from gradshap import _engine
+
+    k_rows, s_size = _engine._plan(n_samples, batch_size)
+    blocks = -(-n_samples // s_size)
+    assert 1 <= s_size <= min(n_samples, batch_size)
+    assert k_rows * s_size <= batch_size
+    assert (blocks - 1) * s_size < n_samples <= blocks * s_size
+    # Memory is set by batch_size: a chunk is at least 90% full wherever the sizes allow
+    # it (every pair here with batch_size >= 10 has such a split).
+    if batch_size >= 10:
+        assert k_rows * s_size >= 0.9 * batch_size
