@@ -822,8 +822,11 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (1 if args.quick else 5)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "values"
-    tmp.mkdir(exist_ok=True)
+    import shutil
+    import tempfile
+
+    # Values cross between worker processes through .npy files here (for the diff columns).
+    tmp = Path(tempfile.mkdtemp(prefix="gradshap-bench-"))
 
     # Full runs measure memory in a fresh process per group and workload; smoke runs
     # measure it inline and run groups side by side (their timings mean nothing).
@@ -878,6 +881,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = build_report(timing, memory, errors, names, tmp, n_samples=n_samples, repeats=repeats,
                           quick=args.quick, argv=argv, elapsed=time.time() - started, device=device)
+    shutil.rmtree(tmp, ignore_errors=True)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2, default=float))
     md = render_markdown(report)
     (out_dir / "bench.md").write_text(md)
@@ -935,7 +939,7 @@ def build_report(timing, memory, errors, names, tmp: Path, **meta) -> dict:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "device": meta["device"], "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "versions": _versions(),
-        "command": "gradshap bench " + " ".join(meta["argv"]),
+        "command": " ".join(["gradshap bench", *meta["argv"]]),
         "n_samples": meta["n_samples"], "repeats": meta["repeats"], "quick": meta["quick"],
         "elapsed_s": meta["elapsed"], "rows": rows, "errors": errors,
         "memory_method": "peak RSS rise (VmHWM after /proc/self/clear_refs reset, minus VmRSS before) in a fresh "
@@ -962,7 +966,7 @@ def _versions() -> dict:
     from importlib import metadata
 
     out = {}
-    for name in ("gradshap", "torch", "jax", "tensorflow", "keras", "captum", "shap", "numpy"):
+    for name in ("gradshap", "torch", "jax", "tensorflow", "tensorflow-cpu", "keras", "captum", "shap", "numpy"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
