@@ -159,7 +159,7 @@ def _plan(n_samples: int, batch_size: int) -> tuple[int, int]:
 
     The chunk holds at most ``batch_size`` points and, wherever a split allows, at least
     ``_MIN_FILL`` of it, for any ``n_samples``: peak memory is then set by
-    ``batch_size`` alone (200 samples at batch_size 334 run as 3 rows x 100, not 1 x 200,
+    ``batch_size`` alone (200 samples at batch_size 334 run as 8 rows x 40, not 1 x 200,
     and 800 samples as 2 rows x 160). Fewest sample blocks first: each costs a merge.
     """
     first = -(-n_samples // batch_size)  # fewest blocks that fit
