@@ -1,0 +1,1058 @@
+"""``gradshap bench``: gradshap against each framework's floor, captum and shap.
+
+Every framework group (torch, jax, tensorflow, keras on each backend) runs in a fresh
+subprocess, so frameworks never share a process, a thread pool or an allocator. Inside a
+group the rows are timed interleaved (round r runs every row once), so that load from
+elsewhere on the machine hits every row alike; each row's first call is a warm-up whose
+extra time (JAX compile, tf.function trace) is reported apart.
+
+Rows of a group (each made by a small function below, registered in ``ROWS``):
+
+- ``floor``: the framework's own batched forward + backward (input gradients only) over
+  exactly the points gradshap evaluates, in the best of a few chunk sizes (and, for torch
+  CNNs, memory formats);
+- ``gradshap``: ``GradientExplainer(model, background)(x, n_samples=S, seed=0)`` with
+  default settings;
+- ``captum``: captum's ``GradientShap`` at the same number of samples (torch);
+- ``shap``: shap's ``GradientExplainer`` at the same number of samples (torch, TF).
+
+Peak memory is the rise of the process's resident set (VmHWM after a reset through
+/proc/self/clear_refs, minus VmRSS before the call) in a fresh subprocess per workload
+and group, after a warm-up call and a malloc_trim(0), so that buffers the warm-up freed
+are back with the OS and cannot hide the next call's peak.
+
+Outputs (``--out``, default ``benchmarks/results``): ``bench.json``, ``bench.md`` and
+``bench.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import workloads  # noqa: E402
+
+_RESULT = "BENCH-RESULT "
+_PROGRESS = "BENCH-PROGRESS "
+
+#: Framework groups, in the order they run. Each runs in its own subprocess.
+GROUPS = ("torch", "jax", "tensorflow", "keras-tensorflow", "keras-jax", "keras-torch")
+
+#: Chunk sizes (points per forward + backward) the floor tries, per workload.
+FLOOR_CHUNKS = {"mlp": (1024, 4096, 16384), "cnn": (64, 128, 256, 512), "resnet": (16, 32, 64, 128)}
+
+
+class Skip(Exception):
+    """A row that cannot run here; the message says why."""
+
+
+# ============================================================================ worker side
+
+
+def _emit_progress(text: str) -> None:
+    print(_PROGRESS + text, flush=True)
+
+
+def _device() -> str:
+    """'gpu' when torch or JAX sees one, else 'cpu' (decides the default workloads)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "gpu"
+    except ImportError:
+        pass
+    return "cpu"
+
+
+class Case:
+    """One workload at one size, with the exact points gradshap will evaluate."""
+
+    def __init__(self, wl: workloads.Workload, n_rows: int, n_samples: int):
+        from gradshap import _sampling
+
+        self.wl, self.n_rows, self.n_samples = wl, n_rows, n_samples
+        self.x, self.bg = wl.data(n_rows)
+        key = _sampling.seed_key(0)
+        sampler = _sampling.resolve("auto", n_samples, len(self.bg))
+        index, alpha = _sampling.draw(sampler, key, np.arange(n_rows), n_samples, len(self.bg))
+        base = self.bg[index.reshape(-1)]
+        xs = np.repeat(self.x, n_samples, axis=0)
+        a = alpha.reshape(-1, *([1] * (self.x.ndim - 1))).astype(np.float32)
+        self.points = (base + a * (xs - base)).astype(np.float32)
+        target = 0 if wl.target is None else wl.target
+        self.cot = np.zeros((len(self.points), wl.n_outputs), np.float32)
+        self.cot[:, target] = 1.0
+
+
+class Group:
+    """What a framework group supplies: arrays, a sync, a model, and its rows."""
+
+    name = "?"
+    layout = "NCHW"
+    gradshap_framework: str | None = None
+
+    def model(self, wl):
+        raise NotImplementedError
+
+    def array(self, a: np.ndarray):
+        raise NotImplementedError
+
+    def sync(self, value) -> None:
+        pass
+
+    def numpy(self, value) -> np.ndarray:
+        return np.asarray(value)
+
+    def floor_runner(self, model, case: Case, chunk: int, variant: str) -> Callable[[], Any]:
+        raise NotImplementedError
+
+    def floor_variants(self, wl) -> tuple:
+        return ("",)
+
+    def peak_device_memory(self) -> float | None:
+        return None
+
+    def reset_device_memory(self) -> None:
+        pass
+
+
+class TorchGroup(Group):
+    name = "torch"
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def model(self, wl):
+        return wl.build("torch").to(self.device)
+
+    def array(self, a):
+        return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def sync(self, value=None):
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def numpy(self, value):
+        return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+
+    def floor_variants(self, wl):
+        return ("contiguous", "channels_last") if len(wl.input_shape) == 3 else ("contiguous",)
+
+    def floor_runner(self, model, case, chunk, variant):
+        torch = self.torch
+        for p in model.parameters():
+            p.requires_grad_(False)
+        pts, cot = self.array(case.points), self.array(case.cot)
+        if variant == "channels_last":
+            n, c, h, w = pts.shape
+            # Channels-last strides even for one channel, where .contiguous() would keep NCHW.
+            pts = torch.empty_strided(pts.shape, (c * h * w, 1, w * c, c), device=pts.device).copy_(pts)
+
+        def run():
+            grads = None
+            for i in range(0, len(pts), chunk):
+                leaf = pts[i : i + chunk].detach().requires_grad_(True)
+                with torch.enable_grad():
+                    out = model(leaf)
+                    (grads,) = torch.autograd.grad(out, leaf, grad_outputs=cot[i : i + chunk])
+            self.sync()
+            return grads
+
+        return run
+
+    def peak_device_memory(self):
+        if self.device.type != "cuda":
+            return None
+        return self.torch.cuda.max_memory_allocated() / 2**20
+
+    def reset_device_memory(self):
+        if self.device.type == "cuda":
+            self.torch.cuda.reset_peak_memory_stats()
+
+
+class JaxGroup(Group):
+    name = "jax"
+
+    def __init__(self):
+        import jax
+
+        self.jax = jax
+
+    def model(self, wl):
+        return wl.build("jax")
+
+    def array(self, a):
+        return self.jax.numpy.asarray(a)
+
+    def sync(self, value):
+        self.jax.block_until_ready(value)
+
+    def floor_runner(self, model, case, chunk, variant):
+        jax = self.jax
+        # The model's parameters are arguments, as in any JAX training or inference loop.
+        params, apply = model.args[0], model.func
+
+        @jax.jit
+        def vjp(params, points, cot):
+            out, pullback = jax.vjp(lambda p: apply(params, p), points)
+            return pullback(cot)[0]
+
+        chunks, cots = _padded_chunks(case.points, chunk), _padded_chunks(case.cot, chunk)
+        chunks, cots = [self.array(c) for c in chunks], [self.array(c) for c in cots]
+
+        def run():
+            grads = [vjp(params, p, c) for p, c in zip(chunks, cots)]
+            jax.block_until_ready(grads)
+            return grads[-1]
+
+        return run
+
+
+def _padded_chunks(a: np.ndarray, chunk: int) -> list:
+    """``a`` cut into chunks of ``chunk`` rows, the last padded (one compiled shape)."""
+    parts = [a[i : i + chunk] for i in range(0, len(a), chunk)]
+    if len(parts[-1]) < chunk:
+        parts[-1] = np.concatenate([parts[-1], a[: chunk - len(parts[-1])]])
+    return parts
+
+
+class TensorFlowGroup(Group):
+    """TensorFlow: the Keras-built model (TF backend) called as a plain function of tensors."""
+
+    name = "tensorflow"
+    layout = "NHWC"
+    gradshap_framework = "tensorflow"
+
+    def __init__(self):
+        import tensorflow as tf
+
+        self.tf = tf
+
+    def model(self, wl):
+        keras_model = wl.build("keras")
+        return lambda x: keras_model(x, training=False)
+
+    def array(self, a):
+        return self.tf.constant(workloads.to_layout(a, self.layout))
+
+    def numpy(self, value):
+        return np.asarray(value)
+
+    def floor_runner(self, model, case, chunk, variant):
+        tf = self.tf
+
+        @tf.function(reduce_retracing=True)
+        def vjp(points, cot):
+            with tf.GradientTape() as tape:
+                tape.watch(points)
+                out = model(points)
+            return tape.gradient(out, points, output_gradients=cot)
+
+        chunks = [self.array(c) for c in _padded_chunks(case.points, chunk)]
+        cots = [tf.constant(c) for c in _padded_chunks(case.cot, chunk)]
+
+        def run():
+            grads = [vjp(p, c) for p, c in zip(chunks, cots)]
+            return grads[-1].numpy()
+
+        return run
+
+
+class KerasGroup(Group):
+    """A keras.Model on one Keras backend (KERAS_BACKEND is set for the subprocess)."""
+
+    layout = "NHWC"
+    gradshap_framework = "keras"
+
+    def __init__(self, backend: str):
+        self.name = f"keras-{backend}"
+        self.backend = backend
+        self.inner = {"tensorflow": TensorFlowGroup, "jax": JaxGroup, "torch": TorchGroup}[backend]()
+
+    def model(self, wl):
+        return wl.build("keras")
+
+    def array(self, a):
+        a = workloads.to_layout(a, self.layout)
+        if self.backend == "torch":
+            import keras
+
+            return keras.ops.convert_to_tensor(a)
+        return self.inner.array(a) if self.backend == "jax" else self.inner.tf.constant(a)
+
+    def sync(self, value):
+        if self.backend == "jax":
+            self.inner.jax.block_until_ready(value)
+
+    def numpy(self, value):
+        import keras
+
+        return keras.ops.convert_to_numpy(value)
+
+    def floor_runner(self, model, case, chunk, variant):
+        if self.backend == "tensorflow":
+            return TensorFlowGroup.floor_runner(self.inner, lambda x: model(x, training=False), case, chunk, variant)
+        if self.backend == "jax":
+            jax = self.inner.jax
+            trainable = [v.value for v in model.trainable_variables]
+            non_trainable = [v.value for v in model.non_trainable_variables]
+
+            @jax.jit
+            def vjp(trainable, non_trainable, points, cot):
+                def f(p):
+                    return model.stateless_call(trainable, non_trainable, p, training=False)[0]
+
+                out, pullback = jax.vjp(f, points)
+                return pullback(cot)[0]
+
+            chunks = [self.array(c) for c in _padded_chunks(case.points, chunk)]
+            cots = [jax.numpy.asarray(c) for c in _padded_chunks(case.cot, chunk)]
+
+            def run():
+                grads = [vjp(trainable, non_trainable, p, c) for p, c in zip(chunks, cots)]
+                jax.block_until_ready(grads)
+                return grads[-1]
+
+            return run
+        torch = self.inner.torch
+        pts = torch.from_numpy(workloads.to_layout(case.points, self.layout))
+        cot = torch.from_numpy(case.cot)
+
+        def run():
+            grads = None
+            for i in range(0, len(pts), chunk):
+                leaf = pts[i : i + chunk].detach().requires_grad_(True)
+                out = model(leaf, training=False)
+                (grads,) = torch.autograd.grad(out, leaf, grad_outputs=cot[i : i + chunk])
+            return grads
+
+        return run
+
+
+def make_group(name: str) -> Group:
+    if name == "torch":
+        return TorchGroup()
+    if name == "jax":
+        return JaxGroup()
+    if name == "tensorflow":
+        return TensorFlowGroup()
+    if name.startswith("keras-"):
+        return KerasGroup(name.split("-", 1)[1])
+    msg = f"unknown group {name!r}"
+    raise ValueError(msg)
+
+
+# ---------------------------------------------------------------------------- rows
+# A row function takes (group, model, case, options) and returns a zero-argument callable
+# that runs the row once and returns its values (or None), plus a dict of details. It
+# raises Skip when the row cannot run here.
+
+
+def row_floor(group: Group, model, case: Case, opts: dict):
+    """The floor: the best (chunk, variant) by the median of a short sweep."""
+    chunks = FLOOR_CHUNKS[case.wl.name]
+    n_points = len(case.points)
+    chunks = tuple(c for c in chunks if c < n_points) + (min(n_points, max(chunks)),)
+    chunks = tuple(sorted(set(chunks)))
+    if opts["quick"]:
+        chunks = chunks[-1:]
+    variants = group.floor_variants(case.wl)
+    sweep = {}
+    for variant in variants:
+        for chunk in chunks:
+            run = group.floor_runner(model, case, chunk, variant)
+            run()  # compile / warm-up
+            times = [_timed(run)[0] for _ in range(opts["sweep_repeats"])]
+            sweep[f"{chunk}{'/' + variant if variant else ''}"] = statistics.median(times)
+    best = min(sweep, key=sweep.get)
+    chunk, _, variant = best.partition("/")
+    return group.floor_runner(model, case, int(chunk), variant), {"best": best, "sweep": sweep}
+
+
+def row_gradshap(group: Group, model, case: Case, opts: dict):
+    import gradshap
+
+    bg = group.array(case.bg)
+    x = group.array(case.x)
+    try:
+        explainer = gradshap.GradientExplainer(model, bg, framework=group.gradshap_framework)
+        run = _gradshap_runner(group, explainer, x, case, case.n_samples)
+        run()
+    except NotImplementedError as err:
+        raise Skip(f"gradshap's {group.gradshap_framework} adapter is not implemented yet ({err})") from err
+    return run, {"batch_size": _batch_size(explainer, case, x)}
+
+
+def _gradshap_runner(group, explainer, x, case, n_samples):
+    def run():
+        exp = explainer(x, target=case.wl.target, n_samples=n_samples, seed=0)
+        group.sync(exp.values)
+        return exp.values
+
+    return run
+
+
+def _batch_size(explainer, case, x) -> int:
+    import array_api_compat
+
+    from gradshap import _engine
+
+    if explainer.batch_size is not None:
+        return explainer.batch_size
+    try:
+        device = array_api_compat.device(x)
+    except TypeError:  # TensorFlow tensors are outside array-api-compat
+        device = getattr(x, "device", None)
+    return _engine.default_batch_size(
+        int(np.prod(case.wl.input_shape)), device=device, compiled=explainer.adapter.pads
+    )
+
+
+def _select_output(model, target):
+    """``model`` returning only the explained output, as (m, 1) (a torch module)."""
+    from torch import nn
+
+    class Select(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            out = self.model(x)
+            return out if target is None else out[:, target : target + 1]
+
+    return Select().eval()
+
+
+def row_captum(group: Group, model, case: Case, opts: dict):
+    if group.name != "torch":
+        raise Skip("captum explains torch models only")
+    try:
+        from captum.attr import GradientShap
+    except ImportError as err:
+        raise Skip("captum is not installed") from err
+    explainer = GradientShap(model)
+    x, bg = group.array(case.x), group.array(case.bg)
+    target = 0 if case.wl.target is None else case.wl.target
+
+    def run():
+        torch = group.torch
+        # captum draws its baselines and alphas from torch's global RNG: seed it, so every
+        # repeat does the same work.
+        torch.manual_seed(0)
+        values = explainer.attribute(x, baselines=bg, n_samples=case.n_samples, stdevs=0.0, target=target)
+        group.sync()
+        return values
+
+    return run, {}
+
+
+def row_shap(group: Group, model, case: Case, opts: dict):
+    if group.name not in ("torch", "tensorflow"):
+        raise Skip("shap's GradientExplainer is run for torch and TensorFlow models")
+    try:
+        import shap
+    except ImportError as err:
+        raise Skip("shap is not installed") from err
+    if group.name == "torch":
+        # One output only: shap would otherwise explain all of them (10x the work).
+        wrapped = _select_output(model, case.wl.target)
+        x, bg = group.array(case.x), group.array(case.bg)
+    else:
+        keras_model = case.keras_model if hasattr(case, "keras_model") else None
+        if keras_model is None:
+            raise Skip("no Keras model for shap's TensorFlow path")
+        wrapped = keras_model
+        x, bg = workloads.to_layout(case.x, "NHWC"), workloads.to_layout(case.bg, "NHWC")
+    try:
+        explainer = shap.GradientExplainer(wrapped, bg)
+    except Exception as err:  # noqa: BLE001 - shap's own failure, reported as a skip
+        raise Skip(f"shap.GradientExplainer failed: {type(err).__name__}: {err}") from err
+
+    def run():
+        np.random.seed(0)  # shap draws from NumPy's global RNG
+        values = explainer.shap_values(x, nsamples=case.n_samples)
+        values = values[0] if isinstance(values, list) else values
+        return np.asarray(values).reshape(case.x.shape) if group.name == "torch" else np.asarray(values)
+
+    try:
+        run()
+    except Exception as err:  # noqa: BLE001
+        raise Skip(f"shap.GradientExplainer failed: {type(err).__name__}: {err}") from err
+    return run, {}
+
+
+#: Row name -> row function. A new row is one function and one entry here.
+ROWS: dict[str, Callable] = {"floor": row_floor, "gradshap": row_gradshap, "captum": row_captum, "shap": row_shap}
+
+#: Rows each group runs.
+GROUP_ROWS = {
+    "torch": ("floor", "gradshap", "captum", "shap"),
+    "jax": ("floor", "gradshap"),
+    "tensorflow": ("floor", "gradshap", "shap"),
+    "keras-tensorflow": ("floor", "gradshap"),
+    "keras-jax": ("floor", "gradshap"),
+    "keras-torch": ("floor", "gradshap"),
+}
+
+
+def _timed(run: Callable) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    value = run()
+    return time.perf_counter() - t0, value
+
+
+def _values_summary(group: Group, values, layout: str) -> np.ndarray:
+    v = group.numpy(values)
+    if v.ndim == 4 and layout == "NHWC":
+        v = np.transpose(v, (0, 3, 1, 2))
+    return v
+
+
+def worker_time(spec: dict) -> dict:
+    """Time every row of one group on every workload; interleaved repeats."""
+    group = make_group(spec["group"])
+    out = {"group": group.name, "workloads": {}}
+    for wname in spec["workloads"]:
+        wl = workloads.get(wname)
+        n_rows = wl.quick_rows if spec["quick"] else wl.n_rows
+        case = Case(wl, n_rows, spec["n_samples"])
+        model = group.model(wl)
+        if group.name == "tensorflow":
+            case.keras_model = wl.build("keras")
+        opts = {"quick": spec["quick"], "sweep_repeats": 1 if spec["quick"] else 2}
+        runners, info = {}, {}
+        # gradshap first: a Keras group whose adapter is missing has nothing to compare.
+        order = sorted(spec["rows"], key=lambda r: r != "gradshap")
+        for rname in order:
+            if group.name.startswith("keras-") and "skipped" in info.get("gradshap", {}):
+                info[rname] = {"skipped": "no gradshap row to compare with (see the gradshap row)"}
+                continue
+            _emit_progress(f"{group.name} {wname}: {rname} (setup)")
+            try:
+                t0 = time.perf_counter()
+                run, details = ROWS[rname](group, model, case, opts)
+                first, value = _timed(run)
+                info[rname] = {"setup_s": time.perf_counter() - t0 - first, "first_s": first, **details, "times": []}
+                if rname == "gradshap":
+                    info[rname]["values"] = _values_summary(group, value, group.layout)
+                runners[rname] = run
+            except Skip as err:
+                info[rname] = {"skipped": str(err)}
+            except Exception as err:  # noqa: BLE001 - a failing row must not hide the others
+                info[rname] = {"skipped": f"failed: {type(err).__name__}: {err}"}
+        info = {r: info[r] for r in spec["rows"]}
+        runners = {r: runners[r] for r in spec["rows"] if r in runners}
+        gc.collect()
+        for r in range(spec["repeats"]):
+            for rname, run in runners.items():
+                _emit_progress(f"{group.name} {wname}: {rname} run {r + 1}/{spec['repeats']}")
+                info[rname]["times"].append(_timed(run)[0])
+        for rname, d in info.items():
+            if "times" in d and d["times"]:
+                d["median_s"] = statistics.median(d["times"])
+                d["min_s"] = min(d["times"])
+                d["warmup_extra_s"] = max(0.0, d["first_s"] - d["median_s"])
+            if "values" in d:
+                np.save(Path(spec["tmp"]) / f"values-{group.name}-{wname}.npy", d.pop("values"))
+        out["workloads"][wname] = {"n_rows": n_rows, "n_points": len(case.points), "rows": info}
+    if spec.get("memory_inline"):
+        # Smoke runs measure memory in the same process, after the timings.
+        floor_best = {w: d["rows"].get("floor", {}).get("best") for w, d in out["workloads"].items()}
+        out["memory"] = {
+            w: worker_memory({**spec, "workload": w, "floor_best": floor_best}, group)["rows"] for w in spec["workloads"]
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+def _status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _release_free_memory() -> None:
+    """Give the C heap's free pages back to the OS, so that the next peak is measured
+    from what is live, not hidden by buffers a warm-up freed (glibc only)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rise_mib(run: Callable, group: Group) -> dict:
+    """Peak resident-set rise during ``run()`` (and the GPU's peak allocation, if any)."""
+    gc.collect()
+    _release_free_memory()
+    group.reset_device_memory()
+    before = _status_mib("VmRSS")
+    if not _reset_hwm():
+        return {"error": "cannot reset the peak RSS (/proc/self/clear_refs)"}
+    run()
+    rise = _status_mib("VmHWM") - before
+    result = {"rss_rise_mib": round(rise, 2)}
+    gpu = group.peak_device_memory()
+    if gpu is not None:
+        result["gpu_peak_mib"] = round(gpu, 2)
+    return result
+
+
+def worker_memory(spec: dict, group: Group | None = None) -> dict:
+    """Peak memory of each row on one workload; for gradshap also at 4x rows and 4x samples."""
+    group = make_group(spec["group"]) if group is None else group
+    wl = workloads.get(spec["workload"])
+    n_rows = wl.quick_rows if spec["quick"] else wl.n_rows
+    n_samples = spec["n_samples"]
+    case = Case(wl, n_rows, n_samples)
+    model = group.model(wl)
+    if group.name == "tensorflow":
+        case.keras_model = wl.build("keras")
+    opts = {"quick": True, "sweep_repeats": 1}
+    out = {"group": group.name, "workload": wl.name, "rows": {}}
+    for rname in spec["rows"]:
+        _emit_progress(f"memory {group.name} {wl.name}: {rname}")
+        try:
+            if rname == "floor":
+                # The floor's memory at the chunk size the timing run found best.
+                best = spec.get("floor_best", {}).get(wl.name)
+                if best is None:
+                    continue
+                chunk, _, variant = best.partition("/")
+                run, details = group.floor_runner(model, case, int(chunk), variant), {"best": best}
+            else:
+                run, details = ROWS[rname](group, model, case, opts)
+            run()
+            res = peak_rise_mib(run, group)
+            if rname == "gradshap":
+                res["scaling"] = _gradshap_scaling(group, model, case, n_rows, n_samples, 1 if spec["quick"] else 3)
+            out["rows"][rname] = res
+        except Skip as err:
+            out["rows"][rname] = {"skipped": str(err)}
+        except Exception as err:  # noqa: BLE001
+            out["rows"][rname] = {"skipped": f"failed: {type(err).__name__}: {err}"}
+    return out
+
+
+def _gradshap_scaling(group, model, case, n_rows, n_samples, repeats: int) -> dict:
+    """Peak rise at (n, S), (4n, S) and (n, 4S), each after its own warm-up; the median
+    of ``repeats`` rounds, the three sizes interleaved (the C heap makes single readings
+    scatter by several MiB)."""
+    import gradshap
+
+    bg = group.array(case.bg)
+    explainer = gradshap.GradientExplainer(model, bg, framework=group.gradshap_framework)
+    x4, _ = case.wl.data(4 * n_rows)
+    configs = {"base": (case.x, n_samples), "rows_x4": (x4, n_samples), "samples_x4": (case.x, 4 * n_samples)}
+    runs = {label: _gradshap_runner(group, explainer, group.array(x), case, s) for label, (x, s) in configs.items()}
+    readings = {label: [] for label in configs}
+    for _ in range(repeats):
+        for label, run in runs.items():
+            run()
+            readings[label].append(peak_rise_mib(run, group).get("rss_rise_mib"))
+    result = {label: statistics.median(v) for label, v in readings.items()}
+    base = result["base"]
+    for label in ("rows_x4", "samples_x4"):
+        result[f"{label}_ratio"] = round(result[label] / base, 3) if base and base > 0 else None
+    return result
+
+
+def worker_main(spec: dict) -> int:
+    if spec["kind"] == "time":
+        result = worker_time(spec)
+    else:
+        result = worker_memory(spec)
+    print(_RESULT + json.dumps(result, default=float), flush=True)
+    return 0
+
+
+# ============================================================================ driver side
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def available_groups() -> list[str]:
+    groups = []
+    if _installed("torch"):
+        groups.append("torch")
+    if _installed("jax"):
+        groups.append("jax")
+    if _installed("tensorflow"):
+        groups.append("tensorflow")
+    if _installed("keras"):
+        backends = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+        groups += [f"keras-{b}" for b, mod in backends.items() if _installed(mod)]
+    return groups
+
+
+def _worker_env(group: str) -> dict:
+    import gradshap
+
+    env = dict(os.environ)
+    src = str(Path(gradshap.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # Each framework at its defaults (float32, all cores); quiet logs.
+    env["JAX_ENABLE_X64"] = "0"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env["PYTHONWARNINGS"] = "ignore"
+    if group.startswith("keras-"):
+        env["KERAS_BACKEND"] = group.split("-", 1)[1]
+    elif group == "tensorflow":
+        env["KERAS_BACKEND"] = "tensorflow"
+    return env
+
+
+def _run_worker(spec: dict, bar, timeout: float) -> dict:
+    import tempfile
+
+    cmd = [sys.executable, str(HERE / "bench.py"), "--worker", json.dumps(spec)]
+    env = _worker_env(spec["group"])
+    result, lines = None, []
+    deadline = time.monotonic() + timeout
+    # stderr goes to a file: frameworks log a lot there, and a full pipe would block the worker.
+    with tempfile.TemporaryFile("w+") as err, subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if line.startswith(_PROGRESS):
+                if bar is not None:
+                    bar.set_postfix_str(line[len(_PROGRESS):][:60], refresh=True)
+            elif line.startswith(_RESULT):
+                result = json.loads(line[len(_RESULT):])
+            else:
+                lines.append(line)
+            if time.monotonic() > deadline:
+                proc.kill()
+                break
+        proc.wait()
+        err.seek(0)
+        stderr = err.read()
+    if result is None:
+        tail = "\n".join((stderr.strip().splitlines() or lines or ["(no output)"])[-3:])
+        return {"error": f"worker exited with code {proc.returncode}: {tail}"}
+    return result
+
+
+def _parse(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="gradshap bench",
+        description="Time gradshap against each framework's floor, captum and shap; write JSON, markdown and a PNG.",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke run (no timing claims)")
+    p.add_argument("--workloads", default=None, help="comma-separated from: " + ", ".join(workloads.WORKLOADS)
+                   + " (default: mlp,cnn, and resnet when a GPU is present; mlp with --quick)")
+    p.add_argument("--groups", default=None, help="comma-separated from: " + ", ".join(GROUPS)
+                   + " (default: every installed one)")
+    p.add_argument("--rows", default=None, help="comma-separated rows to run (default: all of " + ", ".join(ROWS) + ")")
+    p.add_argument("--n-samples", type=int, default=None, help="samples per row (default 200; 16 with --quick)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per row after the warm-up (default 5; 1 with --quick)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="framework groups run at once (default 1; 3 with --quick). Timings need 1")
+    p.add_argument("--out", default=str(HERE / "results"), help="output folder (default benchmarks/results)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--worker"]:
+        return worker_main(json.loads(argv[1]))
+    args = _parse(argv)
+    device = _device()
+    if args.workloads:
+        names = args.workloads.split(",")
+    elif args.quick:
+        names = ["mlp"]
+    else:
+        names = [w.name for w in workloads.WORKLOADS.values() if device == "gpu" or not w.gpu_only]
+    for name in names:
+        if name not in workloads.WORKLOADS:
+            print(f"gradshap bench: unknown workload {name!r}; choose from {', '.join(workloads.WORKLOADS)}", file=sys.stderr)
+            return 2
+    groups = args.groups.split(",") if args.groups else available_groups()
+    for g in groups:
+        if g not in GROUPS:
+            print(f"gradshap bench: unknown group {g!r}; choose from {', '.join(GROUPS)}", file=sys.stderr)
+            return 2
+    rows_filter = set(args.rows.split(",")) if args.rows else set(ROWS)
+    n_samples = args.n_samples or (16 if args.quick else 200)
+    repeats = args.repeats or (1 if args.quick else 5)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    import shutil
+    import tempfile
+
+    # Values cross between worker processes through .npy files here (for the diff columns).
+    tmp = Path(tempfile.mkdtemp(prefix="gradshap-bench-"))
+
+    # Full runs measure memory in a fresh process per group and workload; smoke runs
+    # measure it inline and run groups side by side (their timings mean nothing).
+    inline = args.quick and not args.no_memory
+    jobs = []
+    for g in groups:
+        rows = [r for r in GROUP_ROWS[g] if r in rows_filter]
+        base = {"group": g, "quick": args.quick, "n_samples": n_samples, "rows": rows, "tmp": str(tmp)}
+        jobs.append({**base, "kind": "time", "workloads": names, "repeats": repeats, "memory_inline": inline})
+        if not args.no_memory and not inline:
+            jobs += [{**base, "kind": "memory", "workload": w} for w in names]
+    n_parallel = args.jobs or (3 if args.quick else 1)
+
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc="gradshap bench", unit="job", dynamic_ncols=True)
+    started = time.time()
+    timing, memory, errors = {}, {}, {}
+
+    def record(job, res):
+        if "error" in res:
+            errors[f"{job['kind']} {job['group']}"] = res["error"]
+        elif job["kind"] == "time":
+            timing[job["group"]] = res
+            if "memory" in res:
+                memory[job["group"]] = res.pop("memory")
+        else:
+            memory.setdefault(job["group"], {})[job["workload"]] = res["rows"]
+        if bar is not None:
+            bar.update(1)
+
+    if n_parallel > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(n_parallel) as pool:
+            futures = [(job, pool.submit(_run_worker, job, bar, 1800)) for job in jobs]
+            for job, fut in futures:
+                record(job, fut.result())
+    else:
+        for job in jobs:
+            if bar is not None:
+                bar.set_description(f"{job['kind']} {job['group']}")
+            if job["kind"] == "memory":
+                found = timing.get(job["group"], {}).get("workloads", {})
+                best = {w: d["rows"].get("floor", {}).get("best") for w, d in found.items()}
+                job["floor_best"] = {w: b for w, b in best.items() if b}
+            record(job, _run_worker(job, bar, timeout=1800))
+    if bar is not None:
+        bar.close()
+
+    report = build_report(timing, memory, errors, names, tmp, n_samples=n_samples, repeats=repeats,
+                          quick=args.quick, argv=argv, elapsed=time.time() - started, device=device)
+    shutil.rmtree(tmp, ignore_errors=True)
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=2, default=float))
+    md = render_markdown(report)
+    (out_dir / "bench.md").write_text(md)
+    render_png(report, out_dir / "bench.png")
+    print(md)
+    print(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {out_dir / 'bench.png'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def build_report(timing, memory, errors, names, tmp: Path, **meta) -> dict:
+    rows = []
+    for wname in names:
+        floors, anchors = {}, {}
+        for g, res in timing.items():
+            d = res["workloads"].get(wname, {}).get("rows", {})
+            if "median_s" in d.get("floor", {}):
+                floors[g] = d["floor"]["median_s"]
+            for a in ("captum", "shap"):
+                if "median_s" in d.get(a, {}):
+                    anchors[(a, g)] = d[a]["median_s"]
+        ref = _reference_values(tmp, wname)
+        for g, res in timing.items():
+            wd = res["workloads"].get(wname, {})
+            for rname, d in wd.get("rows", {}).items():
+                row = {"workload": wname, "group": g, "row": rname, "n_rows": wd["n_rows"], "n_points": wd["n_points"]}
+                if "skipped" in d:
+                    row["skipped"] = d["skipped"]
+                    rows.append(row)
+                    continue
+                row.update({k: d[k] for k in ("median_s", "min_s", "warmup_extra_s", "times") if k in d})
+                for k in ("best", "sweep", "batch_size"):
+                    if k in d:
+                        row[k] = d[k]
+                if g in floors:
+                    row["x_floor"] = d["median_s"] / floors[g]
+                if rname == "gradshap":
+                    captum = anchors.get(("captum", "torch"))
+                    shap_t = anchors.get(("shap", g)) or anchors.get(("shap", "torch"))
+                    if captum:
+                        row["x_captum"] = d["median_s"] / captum
+                    if shap_t:
+                        row["shap_speedup"] = shap_t / d["median_s"]
+                    diff = _value_diff(tmp, wname, g, ref)
+                    if diff is not None:
+                        row["max_abs_diff_vs_torch"] = diff
+                mem = memory.get(g, {}).get(wname, {}).get(rname, {})
+                if mem:
+                    row["memory"] = mem
+                rows.append(row)
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "device": meta["device"], "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "versions": _versions(),
+        "command": " ".join(["gradshap bench", *meta["argv"]]),
+        "n_samples": meta["n_samples"], "repeats": meta["repeats"], "quick": meta["quick"],
+        "elapsed_s": meta["elapsed"], "rows": rows, "errors": errors,
+        "memory_method": "peak RSS rise (VmHWM after /proc/self/clear_refs reset, minus VmRSS before) in a fresh "
+                         "subprocess per group and workload, after a warm-up call and malloc_trim(0)",
+    }
+
+
+def _reference_values(tmp: Path, wname: str):
+    path = tmp / f"values-torch-{wname}.npy"
+    return np.load(path) if path.exists() else None
+
+
+def _value_diff(tmp: Path, wname: str, group: str, ref) -> float | None:
+    path = tmp / f"values-{group}-{wname}.npy"
+    if ref is None or not path.exists():
+        return None
+    v = np.load(path)
+    if v.shape != ref.shape:
+        return None
+    return float(np.max(np.abs(v.astype(np.float64) - ref.astype(np.float64))))
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for name in ("gradshap", "torch", "jax", "tensorflow", "tensorflow-cpu", "keras", "captum", "shap", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def render_markdown(report: dict) -> str:
+    lines = [
+        f"gradshap bench, {report['date']}, {report['machine']['cpus']} CPUs, device: {report['machine']['device']}; "
+        f"{report['n_samples']} samples per row, median of {report['repeats']} run(s) after a warm-up.",
+        "",
+        "| workload | group | row | rows x samples | median | min | x floor | x captum | shap / this | warm-up extra "
+        "| peak RSS rise | 4x rows, 4x samples | max diff vs torch | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        size = f"{r['n_rows']} x {r['n_points'] // max(1, r['n_rows'])}"
+        if "skipped" in r:
+            lines.append(f"| {r['workload']} | {r['group']} | {r['row']} | {size} | skipped | | | | | | | | | {r['skipped']} |")
+            continue
+        mem = r.get("memory", {})
+        rss = f"{mem['rss_rise_mib']:.1f} MiB" if "rss_rise_mib" in mem else mem.get("skipped", "")
+        if "gpu_peak_mib" in mem:
+            rss += f" (GPU {mem['gpu_peak_mib']:.0f} MiB)"
+        sc = mem.get("scaling", {})
+        scaling = ""
+        if sc.get("rows_x4_ratio") is not None:
+            scaling = f"{sc['rows_x4_ratio']:.2f}x, {sc['samples_x4_ratio']:.2f}x"
+        notes = []
+        if "best" in r:
+            notes.append(f"best chunk {r['best']}")
+        if "batch_size" in r:
+            notes.append(f"batch_size {r['batch_size']}")
+        lines.append(
+            f"| {r['workload']} | {r['group']} | {r['row']} | {size} | {_fmt_s(r['median_s'])} | {_fmt_s(r['min_s'])} | "
+            f"{_ratio(r.get('x_floor'))} | {_ratio(r.get('x_captum'))} | {_ratio(r.get('shap_speedup'))} | "
+            f"{_fmt_s(r['warmup_extra_s'])} | {rss} | {scaling} | "
+            f"{_sci(r.get('max_abs_diff_vs_torch'))} | {'; '.join(notes)} |"
+        )
+    if report["errors"]:
+        lines += ["", "Errors:"] + [f"- {k}: {v}" for k, v in report["errors"].items()]
+    lines += ["", f"Peak memory: {report['memory_method']}.", f"Command: `{report['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def _sci(v) -> str:
+    return "" if v is None else f"{v:.1e}"
+
+
+def _ratio(v) -> str:
+    return "" if v is None else f"{v:.2f}x"
+
+
+def render_png(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in report["rows"] if "median_s" in r]
+    names = list(dict.fromkeys(r["workload"] for r in done)) or ["(none)"]
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.5), squeeze=False)
+    colors = {"floor": "#888888", "gradshap": "#1f77b4", "captum": "#ff7f0e", "shap": "#d62728"}
+    for ax, wname in zip(axes[0], names):
+        rs = [r for r in done if r["workload"] == wname]
+        labels = [f"{r['row']}\n{r['group']}" for r in rs]
+        vals = [r["median_s"] * 1e3 for r in rs]
+        bars = ax.bar(range(len(rs)), vals, color=[colors.get(r["row"], "#2ca02c") for r in rs])
+        for b, r in zip(bars, rs):
+            if "x_floor" in r:
+                ax.annotate(f"{r['x_floor']:.2f}x", (b.get_x() + b.get_width() / 2, b.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(rs)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("median wall time (ms, log)")
+        ax.set_title(f"{wname}: {rs[0]['n_rows'] if rs else ''} rows x {report['n_samples']} samples", fontsize=9)
+    fig.suptitle(f"gradshap bench {report['date']} ({report['machine']['device']}); label: ratio to the floor", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

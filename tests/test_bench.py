@@ -1,0 +1,198 @@
+"""`gradshap bench --quick` as a smoke test, and the speed paths of the adapters.
+
+No timing is asserted anywhere here: speed is measured by benchmarks/ only. What is
+asserted is that the benchmark runs, writes its three outputs with a row per framework,
+and that the speed paths (channels-last torch inputs, the compiled JAX chunk step, draws
+made for many rows at once) give the numbers the plain paths give.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import import_or_fail
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    import_or_fail("torch")
+    import_or_fail("tqdm")
+    import_or_fail("matplotlib")
+    from gradshap import cli
+
+    out = tmp_path_factory.mktemp("bench")
+    # Every installed framework group, as CI's smoke run; groups run side by side (~20 s).
+    code = cli.main(["bench", "--quick", "--out", str(out), "--no-progress"])
+    assert code == 0
+    return out, json.loads((out / "bench.json").read_text())
+
+
+def test_quick_bench_writes_json_markdown_and_png(quick_report):
+    out, report = quick_report
+    assert (out / "bench.md").read_text().count("| mlp |") >= 4
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["quick"] is True and report["n_samples"] == 16
+    assert report["errors"] == {}
+    # A row that cannot run here says why (a missing adapter, a framework not installed).
+    for row in report["rows"]:
+        assert "median_s" in row or row.get("skipped"), row
+
+
+def test_quick_bench_rows_ran_and_agree(quick_report):
+    _, report = quick_report
+    rows = {(r["group"], r["row"]): r for r in report["rows"] if r["workload"] == "mlp"}
+    for key in [("torch", "floor"), ("torch", "gradshap"), ("torch", "captum"), ("torch", "shap"),
+                ("jax", "floor"), ("jax", "gradshap")]:
+        assert key in rows, key
+        assert "skipped" not in rows[key], rows[key].get("skipped")
+        assert rows[key]["median_s"] > 0
+        assert rows[key]["n_points"] == rows[key]["n_rows"] * 16
+    # The same seed gives the same values in both frameworks, up to float32 rounding.
+    assert rows[("jax", "gradshap")]["max_abs_diff_vs_torch"] < 1e-5
+    assert rows[("torch", "gradshap")]["max_abs_diff_vs_torch"] == 0.0
+    mem = rows[("torch", "gradshap")]["memory"]
+    assert {"rss_rise_mib", "scaling"} <= set(mem)
+
+
+def test_bench_rejects_unknown_workload(capsys):
+    import bench
+
+    assert bench.main(["--workloads", "nope", "--no-progress"]) == 2
+    assert "unknown workload 'nope'" in capsys.readouterr().err
+
+
+def test_workload_weights_agree_across_frameworks():
+    torch = import_or_fail("torch")
+    jnp = import_or_fail("jax.numpy")
+    import workloads
+
+    for name in ("mlp", "cnn", "resnet"):
+        wl = workloads.get(name)
+        x, _ = wl.data(3)
+        with torch.no_grad():
+            out_torch = wl.build("torch")(torch.from_numpy(x)).numpy()
+        out_jax = np.asarray(wl.build("jax")(jnp.asarray(x)))
+        np.testing.assert_allclose(out_jax, out_torch, rtol=1e-4, atol=1e-4)
+
+
+def _explain(model, x, bg, **kw):
+    import gradshap
+
+    return gradshap.GradientExplainer(model, bg, batch_size=kw.pop("batch_size", None))(x, seed=3, **kw)
+
+
+def test_torch_channels_last_matches_contiguous():
+    torch = import_or_fail("torch")
+    import gradshap
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)
+    ).double()
+    x, bg = torch.randn(3, 3, 6, 6, dtype=torch.float64), torch.randn(5, 3, 6, 6, dtype=torch.float64)
+    fast = gradshap.GradientExplainer(model, bg)
+    assert fast.adapter._channels_last
+    slow = gradshap.GradientExplainer(model, bg)
+    slow.adapter._channels_last = False
+    a, b = fast(x, target=1, n_samples=20, seed=3), slow(x, target=1, n_samples=20, seed=3)
+    assert a.values.is_contiguous()
+    torch.testing.assert_close(a.values, b.values, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(a.delta, b.delta, rtol=1e-10, atol=1e-12)
+
+
+def test_torch_model_that_needs_contiguous_inputs_still_works():
+    torch = import_or_fail("torch")
+    import gradshap
+
+    class ViewNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 3)
+            self.fc = torch.nn.Linear(2 * 4 * 4, 1)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.fc(h.view(h.shape[0], -1))  # .view fails on channels-last activations
+
+    torch.manual_seed(1)
+    model = ViewNet().double()
+    x, bg = torch.randn(2, 3, 6, 6, dtype=torch.float64), torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    explainer = gradshap.GradientExplainer(model, bg)
+    exp = explainer(x, n_samples=16, seed=0)
+    assert not explainer.adapter._channels_last
+    # Completeness holds to rounding for this piecewise-linear model only in expectation;
+    # the residual must still be what the reported values imply.
+    out = model(x).detach()[:, 0]
+    base = model(bg).detach()[:, 0].mean()
+    torch.testing.assert_close(exp.delta, exp.values.sum(dim=(1, 2, 3)) - (out - base))
+
+
+def test_jax_compiled_step_matches_numpy_reference():
+    jax = import_or_fail("jax")
+    jnp = jax.numpy
+    import gradshap
+
+    rng = np.random.default_rng(5)
+    w1, w2 = rng.standard_normal((4, 6)), rng.standard_normal(6)
+
+    def f_np(p):
+        return np.tanh(p @ w1) @ w2
+
+    def grad_np(p):
+        return ((1 - np.tanh(p @ w1) ** 2) * w2) @ w1.T
+
+    def f_jax(p):
+        return jnp.tanh(p @ jnp.asarray(w1)) @ jnp.asarray(w2)
+
+    x, bg = rng.standard_normal((7, 4)), rng.standard_normal((5, 4))
+    kw = dict(n_samples=30, batch_size=64)  # several row blocks, the last one padded
+    ref = gradshap.expected_gradients(lambda p: (f_np(p), grad_np(p)), x, bg, seed=3, **kw)
+    got = _explain(f_jax, jnp.asarray(x), jnp.asarray(bg), **kw)
+    np.testing.assert_allclose(np.asarray(got.values), ref.values, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(got.stderr), ref.stderr, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(got.delta), ref.delta, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("draws_per_call", [100, 2**16])
+def test_draws_do_not_depend_on_batch_size(monkeypatch, draws_per_call):
+    import gradshap
+    from gradshap import _engine
+
+    # Small: the host draws a few row blocks at a time; large: all rows in one call.
+    monkeypatch.setattr(_engine, "_DRAWS_PER_CALL", draws_per_call)
+
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal(3)
+    x, bg = rng.standard_normal((40, 3)), rng.standard_normal((9, 3))
+
+    def vg(p):
+        return np.sin(p) @ w, np.cos(p) * w
+
+    runs = [gradshap.expected_gradients(vg, x, bg, n_samples=50, seed=1, batch_size=b) for b in (50, 120, 4000)]
+    for other in runs[1:]:
+        np.testing.assert_allclose(other.values, runs[0].values, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(other.stderr, runs[0].stderr, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("n_samples", [1, 7, 64, 200, 800, 10**6])
+@pytest.mark.parametrize("batch_size", [1, 3, 48, 167, 334, 4369, 8192])
+def test_chunk_plan_fills_batch_size_for_any_sample_count(n_samples, batch_size):
+    from gradshap import _engine
+
+    k_rows, s_size = _engine._plan(n_samples, batch_size)
+    blocks = -(-n_samples // s_size)
+    assert 1 <= s_size <= min(n_samples, batch_size)
+    assert k_rows * s_size <= batch_size
+    assert (blocks - 1) * s_size < n_samples <= blocks * s_size
+    # Memory is set by batch_size: a chunk is at least 90% full wherever the sizes allow
+    # it (every pair here with batch_size >= 10 has such a split).
+    if batch_size >= 10:
+        assert k_rows * s_size >= 0.9 * batch_size
