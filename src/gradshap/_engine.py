@@ -270,16 +270,8 @@ def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stde
 
 
 def _check_gradients(xp, values: list, name: str) -> None:
-    if _validation.is_lazy(values[0]):
-        return
-    n = values[0].shape[0]
-    bad = None
-    for v in values:
-        rows = xp.any(~xp.isfinite(xp.reshape(v, (n, -1))), axis=1)
-        bad = rows if bad is None else (bad | rows)
-    if bool(xp.any(bad)):
-        idx = [i for i in range(n) if bool(bad[i])]
-        shown = ", ".join(map(str, idx[:10])) + (" ..." if len(idx) > 10 else "")
+    shown = _validation.nonfinite_rows(xp, values)
+    if shown:
         msg = (
             f"the model produced NaN or inf gradients for {name} at input row(s) {shown}; "
             "check the model for operations that are not differentiable there (log of 0, sqrt at 0, ...)"

@@ -6,6 +6,7 @@ import numbers
 from typing import Any
 
 import array_api_compat as aac
+import numpy as np
 
 __all__ = [
     "as_inputs",
@@ -142,17 +143,27 @@ def check_arrays(xp, x: tuple, background: tuple) -> None:
             )
             raise ValueError(msg)
         for arr, nm in ((xi, xn), (bi, bn)):
-            if not is_lazy(arr) and not bool(xp.all(xp.isfinite(arr))):
-                bad = xp.reshape(~xp.isfinite(arr), (arr.shape[0], -1))
-                rows = [int(r) for r in _nonzero_rows(xp, bad)]
-                shown = ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")
+            shown = nonfinite_rows(xp, (arr,))
+            if shown:
                 msg = f"{nm} contains NaN or inf in row(s) {shown}; expected finite values"
                 raise ValueError(msg)
 
 
-def _nonzero_rows(xp, bad2d):
-    flags = xp.any(bad2d, axis=1)
-    return [i for i in range(flags.shape[0]) if bool(flags[i])]
+def nonfinite_rows(xp, arrays) -> str:
+    """The rows (first ten) where any of ``arrays`` is NaN or inf, as text; "" if none or lazy."""
+    if is_lazy(arrays[0]):
+        return ""
+    n = arrays[0].shape[0]
+    bad = None
+    for a in arrays:
+        rows = xp.any(~xp.isfinite(xp.reshape(a, (n, -1))), axis=1)
+        bad = rows if bad is None else (bad | rows)
+    if not bool(xp.any(bad)):
+        return ""
+    from gradshap.explanation import to_numpy
+
+    rows = np.flatnonzero(to_numpy(bad))  # one host copy, on the error path only
+    return ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")
 
 
 def check_positive_int(value: Any, name: str) -> int:

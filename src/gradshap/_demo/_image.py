@@ -72,7 +72,7 @@ def run(args) -> int:
     print(f"test accuracy {accuracy:.3f} on {len(y_test)} images; explained {n}, {wrong.size} of them misclassified")
     print(f"explanation: {len(background_rows)} background images, {args.n_samples} samples per image, sampler "
           f"{exp.sampler!r}, seed {args.seed}; target = the predicted class's logit")
-    print(f"base values E[f_c(b)] per class: " + "  ".join(
+    print("base values E[f_c(b)] per class: " + "  ".join(
         f"{c}: {float(base[exp.target == c][0]):+.2f}" for c in CLASSES if (exp.target == c).any()))
     print(f"completeness: worst |delta| = {completeness['max_abs_delta']:.3g}, mean |delta| = "
           f"{completeness['mean_abs_delta']:.3g} (spread of f(x) - E[f(b)]: {completeness['spread_of_output_minus_base']:.3g})")
