@@ -5,10 +5,20 @@ gradshap imports no deep-learning framework.
 """
 
 from gradshap._engine import expected_gradients as expected_gradients
+from gradshap import reference as reference
 from gradshap._explainer import GradientExplainer as GradientExplainer
+from gradshap._integrated import IntegratedGradients as IntegratedGradients
 from gradshap._sampling import SAMPLERS as SAMPLERS
 from gradshap.explanation import Explanation as Explanation
 
 __version__ = "0.1.0"
 
-__all__ = ["SAMPLERS", "Explanation", "GradientExplainer", "expected_gradients", "__version__"]
+__all__ = [
+    "SAMPLERS",
+    "Explanation",
+    "GradientExplainer",
+    "IntegratedGradients",
+    "expected_gradients",
+    "reference",
+    "__version__",
+]

@@ -44,7 +44,7 @@ class Result:
     delta: Any  # (n[, T])
     target: Any
     sampler: str
-    n_samples: int
+    n_samples: Any  # an int, or in adaptive mode the samples used per row (numpy array)
 
 
 def _accumulation_dtype(xp, dtype):
@@ -65,99 +65,247 @@ def _forward(adapter: Adapter, xp, inputs: tuple, batch: int):
     n = inputs[0].shape[0]
     outs = []
     for r0 in range(0, n, batch):
-        part = tuple(a[r0 : r0 + batch] for a in inputs)
+        part = tuple(a[r0 : min(n, r0 + batch), ...] for a in inputs)
         m = part[0].shape[0]
         if adapter.pads:
             part = _pad(xp, part, batch)
-        outs.append(adapter.forward(part)[:m])
+        outs.append(adapter.forward(part)[:m, ...])
     return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
 
 
-class _Stats:
-    """Per-row mean and sum of squared deviations, merged block by block (Chan et al.)."""
-
-    def __init__(self):
-        self.count = 0
-        self.mean: list = []
-        self.m2: list = []
-
-    def add(self, xp, contributions: list) -> None:
-        s = contributions[0].shape[1]
-        means = [xp.mean(g, axis=1) for g in contributions]
-        m2s = [xp.sum((g - xp.expand_dims(mu, axis=1)) ** 2, axis=1) for g, mu in zip(contributions, means)]
-        if self.count == 0:
-            self.mean, self.m2 = means, m2s
-        else:
-            total = self.count + s
-            for k, (mu, m2) in enumerate(zip(means, m2s)):
-                d = mu - self.mean[k]
-                self.mean[k] = self.mean[k] + d * (s / total)
-                self.m2[k] = self.m2[k] + m2 + d * d * (self.count * s / total)
-        self.count += s
+def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` with 0 where ``den`` is 0 (host-side, for the per-column weights)."""
+    out = np.zeros(np.broadcast(num, den).shape)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
 
 
-def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stdevs, key, batch_size, bar):
-    """Values and standard errors for one target; lists of arrays per input."""
-    n, nb = x[0].shape[0], background[0].shape[0]
+class _ColumnStats:
+    """Weighted mean and spread of the contributions per (row, column, feature).
+
+    Chunks either cover whole passes of the layout (reshaped to ``(k, passes, columns,
+    F)`` and reduced over the passes) or part of one pass (one sample per column,
+    placed by concatenation). Block statistics merge with Chan's formula; the weights
+    are the same for every row and stay on the host.
+    """
+
+    def __init__(self, xp, k: int, columns: int, sizes: list, dtype, device):
+        self.columns = columns
+        self.weight = np.zeros(columns)
+        self.mean = [xp.full((k, columns, f), 0.0, dtype=dtype, device=device) for f in sizes]
+        self.m2 = [xp.full((k, columns, f), 0.0, dtype=dtype, device=device) for f in sizes]
+        self.dtype, self.device = dtype, device
+
+    def _col(self, xp, values: np.ndarray):
+        return xp.asarray(np.reshape(values, (1, self.columns, 1)), dtype=self.dtype, device=self.device)
+
+    def add(self, xp, contributions: list, weights: np.ndarray, start: int, stop: int) -> None:
+        g = self.columns
+        k = contributions[0].shape[0]
+        if start % g == 0 and (stop - start) % g == 0:
+            passes = (stop - start) // g
+            w = np.reshape(weights, (passes, g))
+            w_block = np.sum(w, axis=0)
+            uniform = bool(np.all(weights == 1.0))
+            wx = xp.asarray(np.reshape(w, (1, passes, g, 1)), dtype=self.dtype, device=self.device)
+            inv = xp.asarray(np.reshape(_safe_ratio(np.ones(g), w_block), (1, g, 1)), dtype=self.dtype,
+                             device=self.device)
+            means, m2s = [], []
+            for c in contributions:
+                c4 = xp.reshape(c, (k, passes, g, c.shape[-1]))
+                mu = xp.mean(c4, axis=1) if uniform else xp.sum(wx * c4, axis=1) * inv
+                dev = (c4 - xp.expand_dims(mu, axis=1)) ** 2
+                means.append(mu)
+                m2s.append(xp.sum(dev if uniform else wx * dev, axis=1))
+        else:  # part of one pass: one sample per column
+            c0, s = start % g, stop - start
+            w_block = np.zeros(g)
+            w_block[c0 : c0 + s] = weights
+            means, m2s = [], [None] * len(contributions)
+            for c in contributions:
+                f = c.shape[-1]
+                pieces = [xp.full((k, c0, f), 0.0, dtype=self.dtype, device=self.device)] if c0 else []
+                pieces.append(c)
+                if g - c0 - s:
+                    pieces.append(xp.full((k, g - c0 - s, f), 0.0, dtype=self.dtype, device=self.device))
+                means.append(xp.concat(pieces, axis=1) if len(pieces) > 1 else c)
+        total = self.weight + w_block
+        share = self._col(xp, _safe_ratio(w_block, total))
+        cross = self._col(xp, _safe_ratio(self.weight * w_block, total))
+        for pos, (mu, m2) in enumerate(zip(means, m2s)):
+            d = mu - self.mean[pos]
+            self.mean[pos] = self.mean[pos] + d * share
+            extra = d * d * cross
+            self.m2[pos] = self.m2[pos] + (extra if m2 is None else m2 + extra)
+        self.weight = total
+
+    def keep(self, xp, positions: np.ndarray) -> None:
+        """Keep only the rows at ``positions``."""
+        idx = xp.asarray(positions, device=self.device)
+        self.mean = [xp.take(a, idx, axis=0) for a in self.mean]
+        self.m2 = [xp.take(a, idx, axis=0) for a in self.m2]
+
+    def finish(self, xp, design: _sampling.Design, blocks: int) -> tuple[list, list]:
+        """Estimates and their variances, one ``(k, F)`` array each per input."""
+        g = self.columns
+        if design.kind == "replicates":
+            values = [xp.mean(m, axis=1) for m in self.mean]
+            if g < 2:
+                return values, [xp.full(v.shape, math.inf, dtype=self.dtype, device=self.device) for v in values]
+            var = [xp.sum((m - xp.expand_dims(v, axis=1)) ** 2, axis=1) / (g * (g - 1))
+                   for m, v in zip(self.mean, values)]
+            return values, var
+        omega = 1.0 / g
+        values = [xp.sum(m, axis=1) * omega for m in self.mean]
+        a, b, a_single = design.column_constants(blocks)
+        multi = design.counts * blocks >= 2
+        w = self.weight
+        # Variance of a column mean = (A / B) * weighted spread, spread = m2 / W.
+        coef = np.where(multi, omega**2 * _safe_ratio(a, b * w), 0.0)
+        single = omega**2 * 6.0 * float(np.sum(a_single[~multi]))
+        var = []
+        for pos, m2 in enumerate(self.m2):
+            v = xp.sum(m2 * self._col(xp, coef), axis=1)
+            if single:
+                v = v + single * self._per_sample_variance(xp, pos, multi, b, design.counts * blocks)
+            var.append(v)
+        return values, var
+
+    def _per_sample_variance(self, xp, pos: int, multi: np.ndarray, b: np.ndarray, counts: np.ndarray):
+        """What a column with one sample borrows: the mean per-sample variance of the others.
+
+        Without any column of two or more samples, the spread of all samples about
+        their mean (between columns too) stands in: an overestimate.
+        """
+        w, m2, mean = self.weight, self.m2[pos], self.mean[pos]
+        if np.any(multi):
+            # Per-sample variance of a column: spread / (6 B) (see _quadrature).
+            return xp.sum(m2 * self._col(xp, np.where(multi, _safe_ratio(1.0, 6.0 * b * w), 0.0)),
+                          axis=1) / float(np.sum(multi))
+        n = float(np.sum(counts))
+        if n < 2:
+            return xp.full((m2.shape[0], m2.shape[2]), math.inf, dtype=self.dtype, device=self.device)
+        w_total = float(np.sum(w))
+        grand = xp.sum(mean * self._col(xp, w), axis=1) / w_total
+        between = xp.sum(self._col(xp, w) * (mean - xp.expand_dims(grand, axis=1)) ** 2, axis=1)
+        return (xp.sum(m2, axis=1) + between) / w_total * (n / (n - 1.0))
+
+
+def _chunk_ranges(n: int, columns: int, size: int) -> list[tuple[int, int]]:
+    """Sample ranges of one block, each whole passes of the layout or part of one pass."""
+    q, r = divmod(n, columns)
+    ranges = []
+    if size >= columns:
+        step = size // columns
+        ranges += [(p * columns, min(q, p + step) * columns) for p in range(0, q, step)]
+        if r:
+            ranges.append((q * columns, n))
+        return ranges
+    for p in range(q + (r > 0)):
+        end = min(n, (p + 1) * columns)
+        ranges += [(s0, min(end, s0 + size)) for s0 in range(p * columns, end, size)]
+    return ranges
+
+
+def _host(a) -> np.ndarray:
+    from gradshap.explanation import to_numpy
+
+    return np.asarray(to_numpy(a), dtype=np.float64)
+
+
+def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key, batch_size, bar,
+               rtol=None, max_blocks=1):
+    """Values and variances per input, samples used per row and whether each met ``rtol``."""
+    n = x[0].shape[0]
     dtype = x[0].dtype
     acc = _accumulation_dtype(xp, dtype)
     device = aac.device(x[0])
     feat = [tuple(a.shape[1:]) for a in x]
     sizes = [math.prod(f) for f in feat]
-    k_rows = max(1, batch_size // n_samples)
-    s_size = min(n_samples, batch_size)
+    n0 = design.n_samples
+    k_rows = max(1, batch_size // n0)
+    s_size = min(n0, batch_size)
     chunk_points = k_rows * s_size
+    ranges = _chunk_ranges(n0, design.columns, s_size)
     n_out = cot_rows.shape[1]
-    values, m2 = [[] for _ in x], [[] for _ in x]
+    parts, used, met = [], np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
     for r0 in range(0, n, k_rows):
-        r1 = min(n, r0 + k_rows)
-        k = r1 - r0
-        rows = np.arange(r0, r1)
-        index, alpha = _sampling.draw(sampler, key, rows, n_samples, nb)
-        index = xp.asarray(index, device=device)
-        alpha = xp.asarray(alpha, dtype=acc, device=device)
-        x_rows = [xp.expand_dims(xp.astype(a[r0:r1], acc, copy=False), axis=1) for a in x]
-        cot = xp.expand_dims(cot_rows[r0:r1], axis=1)
-        stats = _Stats()
-        for s0 in range(0, n_samples, s_size):
-            s1 = min(n_samples, s0 + s_size)
-            s = s1 - s0
-            flat_index = xp.reshape(index[:, s0:s1], (k * s,))
-            points, diffs = [], []
-            for pos, (xr, bg, fshape, size) in enumerate(zip(x_rows, background, feat, sizes)):
-                base = xp.reshape(xp.astype(xp.take(bg, flat_index, axis=0), acc, copy=False), (k, s, *fshape))
-                if stdevs > 0:
-                    noise = _sampling.normals(key, rows, s * size, _sampling.STREAM_NOISE + pos, start=s0 * size)
-                    xr = xr + stdevs * xp.asarray(np.reshape(noise, (k, s, *fshape)), dtype=acc, device=device)
-                diff = xr - base
-                a = xp.reshape(alpha[:, s0:s1], (k, s) + (1,) * len(fshape))
-                point = base + a * diff
-                points.append(xp.astype(xp.reshape(point, (k * s, *fshape)), dtype, copy=False))
-                diffs.append(diff)
-            cots = xp.reshape(xp.broadcast_to(cot, (k, s, n_out)), (k * s, n_out))
-            if adapter.pads and k * s < chunk_points:
-                padded = _pad(xp, (*points, cots), chunk_points)
-                _, grads = adapter.value_and_grad(padded[:-1], padded[-1])
-                grads = tuple(g[: k * s] for g in grads)
-            else:
-                _, grads = adapter.value_and_grad(tuple(points), cots)
-            contributions = [
-                d * xp.reshape(xp.astype(g, acc, copy=False), (k, s, *fshape))
-                for d, g, fshape in zip(diffs, grads, feat)
-            ]
-            stats.add(xp, contributions)
-            if bar is not None:
-                bar.update(k * s)
-        for pos in range(len(x)):
-            values[pos].append(stats.mean[pos])
-            m2[pos].append(stats.m2[pos])
-    values = [v[0] if len(v) == 1 else xp.concat(v, axis=0) for v in values]
-    m2 = [v[0] if len(v) == 1 else xp.concat(v, axis=0) for v in m2]
-    if n_samples > 1:
-        stderr = [xp.sqrt(v / (n_samples * (n_samples - 1))) for v in m2]
-    else:
-        stderr = [xp.full(v.shape, math.inf, dtype=acc, device=device) for v in m2]
-    return values, stderr
+        active = np.arange(r0, min(n, r0 + k_rows))
+        stats = _ColumnStats(xp, active.size, design.columns, sizes, acc, device)
+        blocks, new = 0, 1
+        while True:
+            idx = xp.asarray(active, device=device)
+            x_rows = [xp.expand_dims(xp.astype(xp.take(a, idx, axis=0), acc, copy=False), axis=1) for a in x]
+            cot = xp.expand_dims(xp.take(cot_rows, idx, axis=0), axis=1)
+            k = active.size
+            for block in range(blocks, blocks + new):
+                for s0, s1 in ranges:
+                    s = s1 - s0
+                    index, alpha, weights = _sampling.draw(design, key, active, block, s0, s1)
+                    flat_index = xp.asarray(np.reshape(index, (k * s,)), device=device)
+                    alpha = xp.asarray(alpha, dtype=acc, device=device)
+                    points, diffs = [], []
+                    for pos, (xr, bg, fshape, size) in enumerate(zip(x_rows, background, feat, sizes)):
+                        base = xp.reshape(xp.astype(xp.take(bg, flat_index, axis=0), acc, copy=False), (k, s, *fshape))
+                        if stdevs > 0:
+                            noise = _sampling.normals(key, active, s * size, _sampling.STREAM_NOISE + pos,
+                                                      start=(block * n0 + s0) * size)
+                            xr = xr + stdevs * xp.asarray(np.reshape(noise, (k, s, *fshape)), dtype=acc, device=device)
+                        diff = xr - base
+                        a = xp.reshape(alpha, (k, s) + (1,) * len(fshape))
+                        points.append(xp.astype(xp.reshape(base + a * diff, (k * s, *fshape)), dtype, copy=False))
+                        diffs.append(xp.reshape(diff, (k, s, size)))
+                    cots = xp.reshape(xp.broadcast_to(cot, (k, s, n_out)), (k * s, n_out))
+                    if adapter.pads and k * s < chunk_points:
+                        padded = _pad(xp, (*points, cots), chunk_points)
+                        _, grads = adapter.value_and_grad(padded[:-1], padded[-1])
+                        grads = tuple(g[: k * s, ...] for g in grads)
+                    else:
+                        _, grads = adapter.value_and_grad(tuple(points), cots)
+                    contributions = [
+                        d * xp.reshape(xp.astype(g, acc, copy=False), (k, s, size)) for d, g, size in zip(diffs, grads, sizes)
+                    ]
+                    stats.add(xp, contributions, weights, s0, s1)
+                    if bar is not None:
+                        bar.update(k * s)
+            blocks += new
+            values, var = stats.finish(xp, design, blocks)
+            ok = np.ones(k, dtype=bool) if rtol is None else _converged(xp, values, var, gap, active, rtol, stdevs)
+            done = ok | (rtol is None or 2 * blocks > max_blocks)
+            if np.any(done):
+                sel = np.flatnonzero(done)
+                pick = xp.asarray(sel, device=device)
+                parts.append((active[sel], [xp.take(v, pick, axis=0) for v in values],
+                              [xp.take(v, pick, axis=0) for v in var]))
+                used[active[sel]] = blocks * n0
+                met[active[sel]] = ok[sel]
+            if np.all(done):
+                break
+            keep = np.flatnonzero(~done)
+            stats.keep(xp, keep)
+            active, new = active[keep], blocks
+    order = np.concatenate([p[0] for p in parts])
+    inverse = xp.asarray(np.argsort(order, kind="stable"), device=device)
+
+    def gather(which: int, pos: int):
+        arrays = [p[which][pos] for p in parts]
+        joined = arrays[0] if len(arrays) == 1 else xp.concat(arrays, axis=0)
+        return joined if len(parts) == 1 else xp.take(joined, inverse, axis=0)
+
+    values = [xp.reshape(gather(1, pos), (n, *f)) for pos, f in enumerate(feat)]
+    variances = [xp.reshape(gather(2, pos), (n, *f)) for pos, f in enumerate(feat)]
+    return values, variances, used, met
+
+
+def _converged(xp, values: list, var: list, gap, active: np.ndarray, rtol: float, stdevs: float) -> np.ndarray:
+    """Rows whose standard error (and completeness residual) are within ``rtol`` of ``||values||``."""
+    err2 = _host(sum(xp.sum(v, axis=1) for v in var))
+    scale = np.sqrt(_host(sum(xp.sum(v * v, axis=1) for v in values)))
+    ok = err2 <= (rtol * scale) ** 2
+    if stdevs == 0:
+        total = _host(sum(xp.sum(v, axis=1) for v in values))
+        ok &= np.abs(total - _host(gap)[active]) <= rtol * scale
+    return ok
 
 
 def _check_gradients(xp, values: list, name: str) -> None:
@@ -182,6 +330,32 @@ def _stack(xp, arrays: list, many: bool):
     return xp.stack(arrays, axis=-1) if many else arrays[0]
 
 
+def _check_adaptive(rtol, max_samples, n_samples: int, design) -> tuple[float | None, int]:
+    """Validated ``rtol`` and the most blocks of ``n_samples`` the adaptive mode may use."""
+    if rtol is None:
+        if max_samples is not None:
+            msg = f"`max_samples` applies only with `rtol` (adaptive mode); got max_samples={max_samples!r} and rtol=None"
+            raise ValueError(msg)
+        return None, 1
+    rtol = _validation.check_nonnegative_float(rtol, "rtol")
+    if rtol == 0:
+        msg = "`rtol` must be > 0 (a relative tolerance on the standard error); got 0"
+        raise ValueError(msg)
+    if not design.extensible:
+        msg = (
+            f"`rtol` (adaptive mode) needs a sampler that can add samples; {design.name!r} is a fixed rule. "
+            f"Use sampler='auto' or one of {', '.join(map(repr, _sampling.EXTENSIBLE))}"
+        )
+        raise ValueError(msg)
+    if max_samples is None:
+        max_samples = 32 * n_samples
+    max_samples = _validation.check_positive_int(max_samples, "max_samples")
+    if max_samples < n_samples:
+        msg = f"`max_samples` must be >= `n_samples` ({n_samples}), the first round; got {max_samples}"
+        raise ValueError(msg)
+    return rtol, max_samples // n_samples
+
+
 def run(
     adapter: Adapter,
     x: tuple,
@@ -189,55 +363,69 @@ def run(
     *,
     target: Any = None,
     n_samples: int = 200,
-    sampler: str = "auto",
+    sampler: str | _sampling.Design = "auto",
     stdevs: float = 0.0,
     seed: Any = None,
     batch_size: int | None = None,
     progress: bool = False,
     xp: Any = None,
+    rtol: float | None = None,
+    max_samples: int | None = None,
 ) -> Result:
-    """Validate, then explain ``x`` against ``background`` through ``adapter``."""
+    """Validate, then explain ``x`` against ``background`` through ``adapter``.
+
+    ``sampler`` may also be a :class:`gradshap._sampling.Design` (Integrated Gradients
+    passes its quadrature rule this way). With ``rtol``, each row gets blocks of
+    ``n_samples`` samples, doubling, until its standard error is at most ``rtol`` times
+    the norm of its values (and, without smoothing, so is its completeness residual),
+    or until ``max_samples``; ``Result.n_samples`` then holds the samples used per row.
+    """
     n_samples = _validation.check_positive_int(n_samples, "n_samples")
     stdevs = _validation.check_nonnegative_float(stdevs, "stdevs")
-    if not isinstance(sampler, str):
-        msg = f"`sampler` must be one of {', '.join(map(repr, _sampling.SAMPLERS))}; got {sampler!r}"
-        raise TypeError(msg)
     xp = _validation.namespace_of(x + background, "x") if xp is None else xp
     _validation.check_arrays(xp, x, background)
     feature_size = sum(math.prod(a.shape[1:]) for a in x)
     if batch_size is None:
         batch_size = default_batch_size(feature_size)
     batch_size = _validation.check_positive_int(batch_size, "batch_size")
-    concrete = _sampling.resolve(sampler, n_samples, background[0].shape[0])
+    nb = background[0].shape[0]
+    design = sampler if isinstance(sampler, _sampling.Design) else _sampling.plan(sampler, n_samples, nb)
+    rtol, max_blocks = _check_adaptive(rtol, max_samples, n_samples, design)
     key = _sampling.seed_key(seed)
     if callable(target) and not isinstance(target, (str, type)):
         adapter, target = adapter.compose(target), None
     n = x[0].shape[0]
     with adapter.session():
         out_x = _targets.as_matrix(xp, _forward(adapter, xp, x, batch_size), n)
-        out_b = _targets.as_matrix(xp, _forward(adapter, xp, background, batch_size), background[0].shape[0],
+        out_b = _targets.as_matrix(xp, _forward(adapter, xp, background, batch_size), nb,
                                    "the model's output on `background`")
         acc = _accumulation_dtype(xp, out_x.dtype)
         out_x = xp.astype(out_x, acc, copy=False)
-        mean_b = xp.mean(xp.astype(out_b, acc, copy=False), axis=0)
+        out_b = xp.astype(out_b, acc, copy=False)
+        # Per-row baselines (Integrated Gradients) compare with their own baseline.
+        ref_b = out_b if design.paired else xp.expand_dims(xp.mean(out_b, axis=0), axis=0)
         selection = _targets.select(xp, target, out_x, dtype=x[0].dtype)
-        bar = _progress_bar(progress, n * n_samples * len(selection.cotangents))
+        total_grads = n * n_samples * len(selection.cotangents) if rtol is None else None
+        bar = _progress_bar(progress, total_grads)
         try:
             per_target = []
             for cot in selection.cotangents:
-                vals, errs = _attribute(
-                    adapter, xp, x, background, cot, sampler=concrete, n_samples=n_samples,
-                    stdevs=stdevs, key=key, batch_size=batch_size, bar=bar,
-                )
-                _check_gradients(xp, vals, "the selected target")
                 cot_acc = xp.astype(cot, acc, copy=False)
                 output = xp.sum(out_x * cot_acc, axis=1)
-                base = xp.sum(xp.expand_dims(mean_b, axis=0) * cot_acc, axis=1)
-                total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, -1)), axis=1) for v in vals)
-                per_target.append((vals, errs, base, output, total - (output - base)))
+                base = xp.sum(ref_b * cot_acc, axis=1)
+                vals, var, used, met = _attribute(
+                    adapter, xp, x, background, cot, output - base, design=design, stdevs=stdevs, key=key,
+                    batch_size=batch_size, bar=bar, rtol=rtol, max_blocks=max_blocks,
+                )
+                _check_gradients(xp, vals, "the selected target")
+                total = sum(xp.sum(xp.reshape(v, (n, -1)), axis=1) for v in vals)
+                errs = [xp.sqrt(v) for v in var]
+                per_target.append((vals, errs, base, output, total - (output - base), used, met))
         finally:
             if bar is not None:
                 bar.close()
+    if rtol is not None:
+        _warn_unconverged([t[6] for t in per_target], rtol, max_blocks * n_samples)
     many = selection.many
     dtype = x[0].dtype
     values = tuple(
@@ -247,10 +435,27 @@ def run(
         xp.astype(_stack(xp, [t[1][pos] for t in per_target], many), dtype, copy=False) for pos in range(len(x))
     )
     base, output, delta = (_stack(xp, [t[i] for t in per_target], many) for i in (2, 3, 4))
-    return Result(values, stderr, base, output, delta, selection.label, concrete, n_samples)
+    if rtol is None:
+        used = n_samples
+    else:
+        used = np.stack([t[5] for t in per_target], axis=-1) if many else per_target[0][5]
+    return Result(values, stderr, base, output, delta, selection.label, design.name, used)
 
 
-def _progress_bar(progress: bool, total: int):
+def _warn_unconverged(met: list, rtol: float, limit: int) -> None:
+    import warnings
+
+    bad = np.flatnonzero(~np.all(np.stack(met, axis=-1), axis=-1))
+    if bad.size:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if bad.size > 10 else "")
+        msg = (
+            f"{bad.size} row(s) did not reach rtol={rtol} within max_samples={limit} (rows {shown}); "
+            "their standard error is larger than asked. Raise `max_samples` or `rtol`"
+        )
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+
+def _progress_bar(progress: bool, total: int | None):
     if not progress:
         return None
     from gradshap.backends import require
@@ -299,6 +504,8 @@ def expected_gradients(
     batch_size: int | None = None,
     progress: bool = False,
     xp: Any = None,
+    rtol: float | None = None,
+    max_samples: int | None = None,
 ):
     """Expected Gradients for any differentiable function, in any array-API namespace.
 
@@ -314,7 +521,7 @@ def expected_gradients(
         Rows to explain, and the background rows whose distribution defines "absent".
     target : None
         With a plain ``value_and_grad`` the function is already scalar: leave ``None``.
-    n_samples, sampler, stdevs, seed, batch_size, progress
+    n_samples, sampler, stdevs, seed, batch_size, progress, rtol, max_samples
         As for :class:`gradshap.GradientExplainer`.
     xp : array namespace, optional
         Inferred from ``x`` when not given.
@@ -347,6 +554,6 @@ def expected_gradients(
         raise ValueError(msg)
     result = run(
         adapter, xs, bgs, target=target, n_samples=n_samples, sampler=sampler, stdevs=stdevs,
-        seed=seed, batch_size=batch_size, progress=progress, xp=xp,
+        seed=seed, batch_size=batch_size, progress=progress, xp=xp, rtol=rtol, max_samples=max_samples,
     )
     return Explanation.from_result(result, data=x, many_inputs=isinstance(x, (tuple, list)))

@@ -1,0 +1,443 @@
+"""Accuracy per gradient evaluation: error against a converged reference vs budget.
+
+For a tabular MLP (the seed-002 architecture, trained briefly on sklearn's breast-cancer
+data) and a small CNN (trained briefly on sklearn's 8x8 digits), every sampler of gradshap,
+captum's GradientShap and shap's GradientExplainer estimate Expected Gradients with
+16..4096 gradient evaluations per row. The error of a row is
+``||phi_hat - phi|| / ||phi||`` against ``phi`` from a 2048-point midpoint rule in alpha
+for every background row, computed in float64 with plain PyTorch (not with gradshap);
+the table reports its root mean square over rows and seeds. A second part times each
+method at the budget where it reaches 1% error, and a third compares Expected Gradients
+with exact interventional Shapley values.
+
+    python benchmarks/convergence.py            # full study (a few minutes on 2 cores)
+    python benchmarks/convergence.py --quick    # smoke run (seconds)
+
+Writes ``convergence.json``, ``convergence.md`` and ``convergence.png`` to ``--out``
+(default ``benchmarks/out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+import gradshap  # noqa: E402
+from gradshap.reference import exact_shapley  # noqa: E402
+
+SAMPLERS = ("iid", "balanced", "lattice", "sobol", "exhaustive")
+BUDGETS = (16, 32, 64, 128, 200, 256, 512, 1024, 2048, 4096)
+QUICK_BUDGETS = (16, 64, 200)
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+def _mlp_module():
+    import torch
+    from torch import nn
+
+    class BinaryClassification(nn.Module):
+        """The seed-002 tabular classifier: 30 -> 64 -> 64 -> 1, ReLU, BatchNorm1d, dropout."""
+
+        def __init__(self):
+            super().__init__()
+            self.layer_1 = nn.Linear(30, 64)
+            self.layer_2 = nn.Linear(64, 64)
+            self.layer_out = nn.Linear(64, 1)
+            self.relu = nn.ReLU()
+            self.batchnorm1 = nn.BatchNorm1d(64)
+            self.batchnorm2 = nn.BatchNorm1d(64)
+            self.dropout = nn.Dropout(p=0.5)
+
+        def forward(self, inputs):
+            x = self.batchnorm1(self.relu(self.layer_1(inputs)))
+            x = self.batchnorm2(self.relu(self.layer_2(x)))
+            return self.layer_out(self.dropout(x))
+
+    torch.manual_seed(0)
+    return BinaryClassification()
+
+
+def _cnn_module():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10),
+    )
+
+
+def _train(model, x, y, loss_fn, epochs: int):
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(x.shape[0], generator=gen)
+        for i in range(0, x.shape[0] - 1, 64):
+            idx = perm[i : i + 64]
+            opt.zero_grad()
+            loss_fn(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def workloads(quick: bool) -> list[dict]:
+    import torch
+    from sklearn.datasets import load_breast_cancer, load_digits
+    from sklearn.model_selection import train_test_split
+
+    out = []
+    features, labels = load_breast_cancer(return_X_y=True)
+    xtr, xte, ytr, _ = train_test_split(features, labels, test_size=0.25, random_state=0, stratify=labels)
+    mu, sd = xtr.mean(0), xtr.std(0)
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    mlp = _train(_mlp_module(), torch.tensor(xtr, dtype=torch.float32), torch.tensor(ytr, dtype=torch.float32)[:, None],
+                 torch.nn.functional.binary_cross_entropy_with_logits, epochs=30)
+    out.append({
+        "name": "mlp", "title": "tabular MLP (breast cancer, 30 features, 100 background rows)",
+        "model": mlp, "x": torch.tensor(xte[: (4 if quick else 16)], dtype=torch.float32),
+        "background": torch.tensor(xtr[:100], dtype=torch.float32), "target": None,
+    })
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[:, None]
+    itr, ite, ltr, _ = train_test_split(images, digits.target, test_size=0.25, random_state=0, stratify=digits.target)
+    cnn = _train(_cnn_module(), torch.tensor(itr), torch.tensor(ltr), torch.nn.functional.cross_entropy, epochs=8)
+    x = torch.tensor(ite[: (2 if quick else 8)])
+    with torch.no_grad():
+        target = cnn(x).argmax(1)
+    out.append({
+        "name": "cnn", "title": "small CNN (8x8 digits, 2 conv layers, 50 background rows)",
+        "model": cnn, "x": x, "background": torch.tensor(itr[:50]), "target": target,
+    })
+    return out
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def reference(work: dict, steps: int) -> np.ndarray:
+    """Expected Gradients by a ``steps``-point midpoint rule for every background row, float64."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(work["model"]).double().eval()
+    x, bg = work["x"].double(), work["background"].double()
+    nb = bg.shape[0]
+    alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
+    phis = []
+    for r in range(x.shape[0]):
+        diff = x[r : r + 1] - bg  # (nb, *F)
+        total = torch.zeros_like(x[0])
+        for a0 in range(0, steps, max(1, 16384 // nb)):
+            a = alphas[a0 : a0 + max(1, 16384 // nb)]
+            shape = (a.shape[0], 1) + (1,) * (x.dim() - 1)
+            points = (bg[None] + a.reshape(shape) * diff[None]).reshape(-1, *x.shape[1:]).requires_grad_(True)
+            out = model(points)
+            out = out[:, 0] if work["target"] is None else out[:, int(work["target"][r])]
+            (grad,) = torch.autograd.grad(out.sum(), points)
+            total += (grad.reshape(a.shape[0], nb, *x.shape[1:]) * diff[None]).sum((0, 1))
+        phis.append((total / (steps * nb)).numpy())
+    return np.stack(phis)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _gradshap(sampler: str):
+    def run(work, n, seed):
+        explainer = gradshap.GradientExplainer(work["model"], work["background"])
+        return explainer(work["x"], target=work["target"], n_samples=n, sampler=sampler, seed=seed).values.numpy()
+
+    return run
+
+
+def _captum(work, n, seed):
+    import torch
+    from captum.attr import GradientShap
+
+    torch.manual_seed(seed)
+    target = 0 if work["target"] is None else work["target"]
+    attr = GradientShap(work["model"]).attribute(work["x"], baselines=work["background"], n_samples=n,
+                                                 stdevs=0.0, target=target)
+    return attr.detach().numpy()
+
+
+def _shap(work, n, seed):
+    import shap
+
+    explainer = shap.GradientExplainer(work["model"], work["background"], batch_size=512)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if work["target"] is None:
+            values = explainer.shap_values(work["x"], nsamples=n, rseed=seed)
+        else:
+            values, _ = explainer.shap_values(work["x"], nsamples=n, rseed=seed, ranked_outputs=1)
+    values = np.asarray(values)
+    return values.reshape(work["x"].shape)
+
+
+METHODS = {f"gradshap {s}": _gradshap(s) for s in SAMPLERS}
+METHODS.update({"captum GradientShap": _captum, "shap GradientExplainer": _shap})
+
+
+def relative_errors(estimate: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    n = ref.shape[0]
+    diff = (estimate.reshape(n, -1) - ref.reshape(n, -1))
+    return np.linalg.norm(diff, axis=1) / np.linalg.norm(ref.reshape(n, -1), axis=1)
+
+
+def _timed(fn, *args, repeats: int = 3) -> tuple[float, object]:
+    best, out = math.inf, None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def study(work: dict, ref: np.ndarray, budgets, seeds: int, shap_max: int) -> dict:
+    nb = work["background"].shape[0]
+    rows = {}
+    for name, fn in METHODS.items():
+        curve = {}
+        for n in budgets:
+            if name.endswith("exhaustive") and n < nb:
+                continue
+            if name.startswith("shap") and n > shap_max:
+                continue
+            deterministic = name.endswith("exhaustive")
+            errs, times = [], []
+            for seed in range(1 if deterministic else seeds):
+                t0 = time.perf_counter()
+                est = fn(work, n, seed)
+                times.append(time.perf_counter() - t0)
+                errs.append(relative_errors(est, ref))
+            curve[n] = {"error": float(np.sqrt(np.mean(np.square(errs)))), "seconds": float(np.median(times))}
+        rows[name] = curve
+        print(f"  {name:24s} " + " ".join(f"{n}:{c['error']:.4f}" for n, c in curve.items()), flush=True)
+    return rows
+
+
+def budget_for(curve: dict, target: float) -> float | None:
+    """Gradient evaluations per row at which ``curve`` reaches ``target`` (log-log interpolation)."""
+    pts = sorted((n, c["error"]) for n, c in curve.items())
+    for (n0, e0), (n1, e1) in zip(pts, pts[1:]):
+        if e0 > target >= e1:
+            t = (math.log(e0) - math.log(target)) / (math.log(e0) - math.log(e1))
+            return math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0)))
+    if pts and pts[0][1] <= target:
+        return float(pts[0][0])
+    # Not reached: extrapolate along the last decade's slope.
+    (n0, e0), (n1, e1) = pts[-2], pts[-1]
+    slope = (math.log(e1) - math.log(e0)) / (math.log(n1) - math.log(n0))
+    if slope >= 0:
+        return None
+    return math.exp(math.log(n1) + (math.log(target) - math.log(e1)) / slope)
+
+
+def time_to_target(work: dict, ref: np.ndarray, curves: dict, target: float, names: list[str]) -> dict:
+    """Wall time of each method at the budget where its error curve crosses ``target``, measured."""
+    out = {}
+    for name in names:
+        n = budget_for(curves[name], target)
+        if n is None:
+            continue
+        n = int(math.ceil(n))
+        seconds, est = _timed(METHODS[name], work, n, 0)
+        err = float(np.sqrt(np.mean(relative_errors(est, ref) ** 2)))
+        out[name] = {"n_samples": n, "seconds": seconds, "error": err}
+        print(f"  {name:24s} 1%: n={n:6d}  {seconds:7.3f} s  (error at that budget, one seed: {err:.4f})", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------- EG vs SHAP
+
+
+def eg_vs_shap(quick: bool) -> list[dict]:
+    """Distance between converged Expected Gradients and exact interventional Shapley values."""
+    rng = np.random.default_rng(0)
+    d = 8
+    bg, x = rng.normal(size=(20, d)), rng.normal(size=(6, d))
+    w = rng.normal(size=d)
+    h = rng.normal(size=(16, d)) / np.sqrt(d)
+    c, v = rng.normal(size=16) * 0.3, rng.normal(size=16) / 4.0
+
+    def relu_net(p):
+        z = p @ h.T + c
+        return np.maximum(z, 0) @ v, ((z > 0) * v) @ h
+
+    models = {
+        "linear": lambda p: (p @ w, np.broadcast_to(w, p.shape)),
+        "additive (sum of sin)": lambda p: (np.sin(p) @ w, np.cos(p) * w),
+        "multilinear (x0 x1 x2 + x3 x4 + x5 x6 x7)": lambda p: (
+            p[:, 0] * p[:, 1] * p[:, 2] + p[:, 3] * p[:, 4] + p[:, 5] * p[:, 6] * p[:, 7],
+            np.stack([p[:, 1] * p[:, 2], p[:, 0] * p[:, 2], p[:, 0] * p[:, 1], p[:, 4], p[:, 3],
+                      p[:, 6] * p[:, 7], p[:, 5] * p[:, 7], p[:, 5] * p[:, 6]], axis=1)),
+        "quadratic interaction (x0^2 x1 + x2^2 x3)": lambda p: (
+            p[:, 0] ** 2 * p[:, 1] + p[:, 2] ** 2 * p[:, 3],
+            np.stack([2 * p[:, 0] * p[:, 1], p[:, 0] ** 2, 2 * p[:, 2] * p[:, 3], p[:, 2] ** 2]
+                     + [np.zeros(p.shape[0])] * 4, axis=1)),
+        "ReLU network (8-16-1)": relu_net,
+    }
+    rows = []
+    m = 8 if quick else 64
+    for name, vg in models.items():
+        eg = gradshap.expected_gradients(vg, x, bg, n_samples=bg.shape[0] * m, sampler="exhaustive").values
+        sv = exact_shapley(lambda p, vg=vg: vg(p)[0], x, bg).values
+        rel = float(np.sqrt(np.mean(relative_errors(eg, sv) ** 2)))
+        rows.append({"model": name, "relative_distance": rel})
+        print(f"  {name:45s} ||EG - SHAP|| / ||SHAP|| = {rel:.2e}", flush=True)
+    return rows
+
+
+def eg_vs_shap_mlp(work: dict, ref: np.ndarray) -> dict:
+    """The study's MLP: Expected Gradients summed over 10 groups of 3 features vs group Shapley values."""
+    import torch
+
+    model = work["model"]
+    groups = [list(range(3 * g, 3 * g + 3)) for g in range(10)]
+
+    def f(p):
+        with torch.no_grad():
+            return model(p)[:, 0]
+
+    sv = exact_shapley(f, work["x"], work["background"], groups=groups).values.numpy()
+    eg = ref.reshape(ref.shape[0], 10, 3).sum(-1)
+    rel = float(np.sqrt(np.mean(relative_errors(eg, sv) ** 2)))
+    print(f"  breast-cancer MLP, 10 groups of 3 features: ||EG - SHAP|| / ||SHAP|| = {rel:.3f}", flush=True)
+    return {"model": "breast-cancer MLP (10 groups of 3 features)", "relative_distance": rel}
+
+
+# --------------------------------------------------------------------------- output
+
+
+def fit_slope(curve: dict, lo: int, hi: int) -> float:
+    pts = [(n, c["error"]) for n, c in curve.items() if lo <= n <= hi]
+    if len(pts) < 2:
+        return float("nan")
+    ln = np.log([p[0] for p in pts])
+    le = np.log([p[1] for p in pts])
+    return float(np.polyfit(ln, le, 1)[0])
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "# Convergence study", "",
+        f"Command: `{result['command']}`. Machine: {result['machine']}. Total time {result['seconds']:.0f} s.", "",
+        "Relative L2 error of the attributions (root mean square over rows and seeds) against a",
+        "2048-point-per-background-row midpoint reference in float64, by gradient evaluations per row.",
+        "Models in float32, trained briefly (MLP 30 epochs, CNN 8 epochs, Adam, fixed seeds).", "",
+    ]
+    for name, work in result["workloads"].items():
+        curves = work["curves"]
+        budgets = sorted({n for c in curves.values() for n in c})
+        lines += [f"## {work['title']}", "", f"{work['n_rows']} rows explained, {work['seeds']} seeds per cell.", "",
+                  "| method | " + " | ".join(str(n) for n in budgets) + " | slope |",
+                  "|---|" + "---:|" * (len(budgets) + 1)]
+        for method, curve in curves.items():
+            cells = [f"{curve[n]['error']:.4f}" if n in curve else "" for n in budgets]
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {fit_slope(curve, 256, 4096):.2f} |")
+        lines += ["", "Slope: least-squares log-log slope of error vs budget over 256..4096.", ""]
+        if work.get("time_to_1pct"):
+            lines += ["Wall time to 1% error (budget from the curve, then timed, best of 3):", "",
+                      "| method | samples per row | seconds | error at that budget |", "|---|---:|---:|---:|"]
+            for method, t in work["time_to_1pct"].items():
+                lines.append(f"| {method} | {t['n_samples']} | {t['seconds']:.3f} | {t['error']:.4f} |")
+            lines.append("")
+    lines += ["## Expected Gradients vs exact interventional Shapley values", "",
+              "| model | relative L2 distance |", "|---|---:|"]
+    for row in result["eg_vs_shap"]:
+        lines.append(f"| {row['model']} | {row['relative_distance']:.2e} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    works = result["workloads"]
+    fig, axes = plt.subplots(1, len(works), figsize=(6.2 * len(works), 4.6), squeeze=False)
+    styles = {"gradshap lattice": ("C3", "-", "o"), "gradshap balanced": ("C1", "-", "s"),
+              "gradshap iid": ("C0", "-", "^"), "gradshap sobol": ("C4", "-", "D"),
+              "gradshap exhaustive": ("C2", "-", "v"), "captum GradientShap": ("k", "--", "x"),
+              "shap GradientExplainer": ("0.5", ":", "+")}
+    for ax, (name, work) in zip(axes[0], works.items()):
+        for method, curve in work["curves"].items():
+            ns = sorted(curve)
+            color, ls, marker = styles.get(method, ("C5", "-", "."))
+            label = method + (" (auto)" if method == "gradshap lattice" else "")
+            ax.loglog(ns, [curve[n]["error"] for n in ns], ls, color=color, marker=marker, ms=4, label=label)
+        ax.axhline(0.01, color="0.8", lw=0.8)
+        ax.set_title(work["title"], fontsize=9)
+        ax.set_xlabel("gradient evaluations per row")
+        ax.set_ylabel("relative L2 error")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--out", type=Path, default=HERE / "out")
+    parser.add_argument("--seeds", type=int, default=None)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    seeds = args.seeds or (1 if quick else 3)
+    budgets = QUICK_BUDGETS if quick else BUDGETS
+    steps = 64 if quick else 2048
+    t_start = time.perf_counter()
+    import platform
+
+    import torch
+
+    result = {"command": "python benchmarks/convergence.py" + (" --quick" if quick else ""),
+              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+                         f"torch {torch.__version__}",
+              "workloads": {}}
+    for work in workloads(quick):
+        print(f"{work['title']}: reference ({steps} alphas per background row)", flush=True)
+        ref = reference(work, steps)
+        curves = study(work, ref, budgets, seeds, shap_max=256 if quick else 1024)
+        entry = {"title": work["title"], "n_rows": int(work["x"].shape[0]), "seeds": seeds, "curves": curves}
+        if not quick:
+            names = ["gradshap lattice", "gradshap balanced", "gradshap iid", "captum GradientShap"]
+            entry["time_to_1pct"] = time_to_target(work, ref, curves, 0.01, names)
+        if work["name"] == "mlp":
+            entry["eg_vs_shap_mlp"] = eg_vs_shap_mlp(work, ref)
+        result["workloads"][work["name"]] = entry
+    print("Expected Gradients vs exact Shapley values", flush=True)
+    result["eg_vs_shap"] = eg_vs_shap(quick) + [result["workloads"]["mlp"]["eg_vs_shap_mlp"]]
+    result["seconds"] = time.perf_counter() - t_start
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "convergence.json").write_text(json.dumps(result, indent=1))
+    (args.out / "convergence.md").write_text(markdown(result))
+    plot(result, args.out / "convergence.png")
+    print(f"wrote {args.out / 'convergence.md'}, .json and .png in {result['seconds']:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
