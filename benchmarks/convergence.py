@@ -37,7 +37,7 @@ from gradshap.reference import exact_shapley  # noqa: E402
 
 SAMPLERS = ("iid", "balanced", "lattice", "sobol", "exhaustive")
 BUDGETS = (16, 32, 64, 128, 200, 256, 512, 1024, 2048, 4096)
-QUICK_BUDGETS = (16, 64, 200)
+QUICK_BUDGETS = (16, 200)
 
 
 # --------------------------------------------------------------------------- workloads
@@ -108,7 +108,7 @@ def workloads(quick: bool) -> list[dict]:
     mu, sd = xtr.mean(0), xtr.std(0)
     xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
     mlp = _train(_mlp_module(), torch.tensor(xtr, dtype=torch.float32), torch.tensor(ytr, dtype=torch.float32)[:, None],
-                 torch.nn.functional.binary_cross_entropy_with_logits, epochs=30)
+                 torch.nn.functional.binary_cross_entropy_with_logits, epochs=3 if quick else 30)
     out.append({
         "name": "mlp", "title": "tabular MLP (breast cancer, 30 features, 100 background rows)",
         "model": mlp, "x": torch.tensor(xte[: (4 if quick else 16)], dtype=torch.float32),
@@ -117,7 +117,8 @@ def workloads(quick: bool) -> list[dict]:
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:, None]
     itr, ite, ltr, _ = train_test_split(images, digits.target, test_size=0.25, random_state=0, stratify=digits.target)
-    cnn = _train(_cnn_module(), torch.tensor(itr), torch.tensor(ltr), torch.nn.functional.cross_entropy, epochs=8)
+    cnn = _train(_cnn_module(), torch.tensor(itr), torch.tensor(ltr), torch.nn.functional.cross_entropy,
+                 epochs=1 if quick else 8)
     x = torch.tensor(ite[: (2 if quick else 8)])
     with torch.no_grad():
         target = cnn(x).argmax(1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import warnings
+
 import numpy as np
 import pytest
 from analytic_models import linear, network, relative_error
@@ -367,3 +370,31 @@ def test_several_inputs_share_the_baseline_draw_and_alpha(rng):
     exp = gradshap.expected_gradients(vg, x, bg, n_samples=24, seed=0)
     np.testing.assert_allclose(exp.values[0], w1 * (x[0] - bg[0].mean(0)), atol=1e-12)
     np.testing.assert_allclose(exp.values[1], w2 * (x[1] - bg[1].mean(0)), atol=1e-12)
+
+
+# --------------------------------------------------------------------------- the convergence study
+
+
+def test_convergence_study_quick_smoke(tmp_path):
+    """benchmarks/convergence.py --quick runs end to end and writes its table, JSON and plot."""
+    for module in ("torch", "sklearn", "captum", "shap", "matplotlib"):
+        pytest.importorskip(module)
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "convergence.py"
+    spec = importlib.util.spec_from_file_location("convergence_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # third-party deprecations inside captum and shap
+        assert study.main(["--quick", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "convergence.md").read_text()
+    assert "gradshap lattice" in table and "captum GradientShap" in table and "shap GradientExplainer" in table
+    assert (tmp_path / "convergence.png").stat().st_size > 10_000
+    result = json.loads((tmp_path / "convergence.json").read_text())
+    # Even the smoke run shows the design's advantage at 200 samples on the CNN.
+    cnn = result["workloads"]["cnn"]["curves"]
+    assert cnn["gradshap lattice"]["200"]["error"] < cnn["gradshap iid"]["200"]["error"]
+    shap_rows = {r["model"]: r["relative_distance"] for r in result["eg_vs_shap"]}
+    assert shap_rows["linear"] < 1e-12 and shap_rows["ReLU network (8-16-1)"] > 1e-2

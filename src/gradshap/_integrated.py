@@ -137,7 +137,9 @@ class IntegratedGradients:
         xs = _validation.as_inputs(x, "x")
         xp = _validation.namespace_of(xs, "x")
         baselines, per_row = self._baselines(xp, xs)
-        adapter = self.adapter or backends.make(self.model, self._framework, xs)
+        if self.adapter is None:  # no baseline given: the framework is known from the first x
+            self.adapter = backends.make(self.model, self._framework, xs)
+        adapter = self.adapter
         design = _sampling.rule_design(method, n_steps, paired=per_row)
         result = _engine.run(
             adapter, xs, baselines, target=target, n_samples=n_steps, sampler=design,
