@@ -10,7 +10,7 @@ the table reports its root mean square over rows and seeds. A second part times 
 method at the budget where it reaches 1% error, and a third compares Expected Gradients
 with exact interventional Shapley values.
 
-    python benchmarks/convergence.py            # full study (a few minutes on 2 cores)
+    python benchmarks/convergence.py            # full study (about 6 minutes on 2 cores)
     python benchmarks/convergence.py --quick    # smoke run (seconds)
 
 Writes ``convergence.json``, ``convergence.md`` and ``convergence.png`` to ``--out``
@@ -132,8 +132,12 @@ def workloads(quick: bool) -> list[dict]:
 # --------------------------------------------------------------------------- reference
 
 
-def reference(work: dict, steps: int) -> np.ndarray:
-    """Expected Gradients by a ``steps``-point midpoint rule for every background row, float64."""
+def reference(work: dict, steps: int) -> tuple[np.ndarray, dict]:
+    """Expected Gradients by a ``steps``-point midpoint rule for every background row, float64.
+
+    Also the variance of one sample ``(x - b) * grad f(b + a (x - b))`` about the mean, and the
+    part of it that the choice of background row explains, relative to ``||phi||^2``.
+    """
     import copy
 
     import torch
@@ -142,10 +146,11 @@ def reference(work: dict, steps: int) -> np.ndarray:
     x, bg = work["x"].double(), work["background"].double()
     nb = bg.shape[0]
     alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
-    phis = []
+    phis, total_var, baseline_var = [], [], []
     for r in range(x.shape[0]):
         diff = x[r : r + 1] - bg  # (nb, *F)
-        total = torch.zeros_like(x[0])
+        per_row = torch.zeros_like(bg)  # sum over alphas, per background row
+        squares = 0.0
         for a0 in range(0, steps, max(1, 16384 // nb)):
             a = alphas[a0 : a0 + max(1, 16384 // nb)]
             shape = (a.shape[0], 1) + (1,) * (x.dim() - 1)
@@ -153,9 +158,18 @@ def reference(work: dict, steps: int) -> np.ndarray:
             out = model(points)
             out = out[:, 0] if work["target"] is None else out[:, int(work["target"][r])]
             (grad,) = torch.autograd.grad(out.sum(), points)
-            total += (grad.reshape(a.shape[0], nb, *x.shape[1:]) * diff[None]).sum((0, 1))
-        phis.append((total / (steps * nb)).numpy())
-    return np.stack(phis)
+            g = grad.reshape(a.shape[0], nb, *x.shape[1:]) * diff[None]
+            per_row += g.sum(0)
+            squares += float((g**2).sum())
+        ig = per_row / steps  # the path integral from each background row
+        phi = ig.mean(0)
+        norm2 = float((phi**2).sum())
+        total_var.append((squares / (steps * nb) - norm2) / norm2)
+        baseline_var.append((float((ig**2).sum()) / nb - norm2) / norm2)
+        phis.append(phi.numpy())
+    decomposition = {"relative_variance_per_sample": float(np.mean(total_var)),
+                     "explained_by_background_row": float(np.mean(baseline_var))}
+    return np.stack(phis), decomposition
 
 
 # --------------------------------------------------------------------------- methods
@@ -164,7 +178,8 @@ def reference(work: dict, steps: int) -> np.ndarray:
 def _gradshap(sampler: str):
     def run(work, n, seed):
         explainer = gradshap.GradientExplainer(work["model"], work["background"])
-        return explainer(work["x"], target=work["target"], n_samples=n, sampler=sampler, seed=seed).values.numpy()
+        exp = explainer(work["x"], target=work["target"], n_samples=n, sampler=sampler, seed=seed)
+        return exp.values.numpy(), exp.stderr.numpy()
 
     return run
 
@@ -204,15 +219,6 @@ def relative_errors(estimate: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.linalg.norm(diff, axis=1) / np.linalg.norm(ref.reshape(n, -1), axis=1)
 
 
-def _timed(fn, *args, repeats: int = 3) -> tuple[float, object]:
-    best, out = math.inf, None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def study(work: dict, ref: np.ndarray, budgets, seeds: int, shap_max: int) -> dict:
     nb = work["background"].shape[0]
     rows = {}
@@ -224,13 +230,23 @@ def study(work: dict, ref: np.ndarray, budgets, seeds: int, shap_max: int) -> di
             if name.startswith("shap") and n > shap_max:
                 continue
             deterministic = name.endswith("exhaustive")
-            errs, times = [], []
+            errs, times, dev, se = [], [], [], []
             for seed in range(1 if deterministic else seeds):
                 t0 = time.perf_counter()
                 est = fn(work, n, seed)
                 times.append(time.perf_counter() - t0)
+                if isinstance(est, tuple):  # gradshap: also its standard errors
+                    est, stderr = est
+                    dev.append(est - ref)
+                    se.append(stderr)
                 errs.append(relative_errors(est, ref))
             curve[n] = {"error": float(np.sqrt(np.mean(np.square(errs)))), "seconds": float(np.median(times))}
+            if se:
+                dev, se = np.array(dev), np.array(se)
+                # Observed error over reported standard error (1 is honest), and the share of values
+                # within 1.96 reported standard errors of the reference (0.95 is honest).
+                curve[n]["stderr_ratio"] = float(np.sqrt(np.sum(dev**2) / np.sum(se**2)))
+                curve[n]["coverage"] = float(np.mean(np.abs(dev) <= 1.96 * se))
         rows[name] = curve
         print(f"  {name:24s} " + " ".join(f"{n}:{c['error']:.4f}" for n, c in curve.items()), flush=True)
     return rows
@@ -245,26 +261,40 @@ def budget_for(curve: dict, target: float) -> float | None:
             return math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0)))
     if pts and pts[0][1] <= target:
         return float(pts[0][0])
-    # Not reached: extrapolate along the last decade's slope.
-    (n0, e0), (n1, e1) = pts[-2], pts[-1]
-    slope = (math.log(e1) - math.log(e0)) / (math.log(n1) - math.log(n0))
+    # Not reached: extrapolate the least-squares line through the budgets from 256 on.
+    tail = [(n, e) for n, e in pts if n >= 256] or pts[-2:]
+    slope, intercept = np.polyfit(np.log([n for n, _ in tail]), np.log([e for _, e in tail]), 1)
     if slope >= 0:
         return None
-    return math.exp(math.log(n1) + (math.log(target) - math.log(e1)) / slope)
+    return float(math.exp((math.log(target) - intercept) / slope))
 
 
-def time_to_target(work: dict, ref: np.ndarray, curves: dict, target: float, names: list[str]) -> dict:
-    """Wall time of each method at the budget where its error curve crosses ``target``, measured."""
-    out = {}
+def time_to_target(work: dict, ref: np.ndarray, curves: dict, target: float, names: list[str],
+                   repeats: int = 5) -> dict:
+    """Wall time of each method at the budget where its error curve crosses ``target``.
+
+    Methods are timed in turns, ``repeats`` rounds, keeping each one's best time, so that
+    load from other processes on the machine hits them alike.
+    """
+    budgets = {}
     for name in names:
         n = budget_for(curves[name], target)
-        if n is None:
-            continue
-        n = int(math.ceil(n))
-        seconds, est = _timed(METHODS[name], work, n, 0)
-        err = float(np.sqrt(np.mean(relative_errors(est, ref) ** 2)))
-        out[name] = {"n_samples": n, "seconds": seconds, "error": err}
-        print(f"  {name:24s} 1%: n={n:6d}  {seconds:7.3f} s  (error at that budget, one seed: {err:.4f})", flush=True)
+        if n is not None:
+            budgets[name] = int(math.ceil(n))
+    best = {name: math.inf for name in budgets}
+    errors = {}
+    for _ in range(repeats):
+        for name, n in budgets.items():
+            t0 = time.perf_counter()
+            est = METHODS[name](work, n, 0)
+            est = est[0] if isinstance(est, tuple) else est
+            best[name] = min(best[name], time.perf_counter() - t0)
+            errors[name] = float(np.sqrt(np.mean(relative_errors(est, ref) ** 2)))
+    out = {}
+    for name, n in budgets.items():
+        out[name] = {"n_samples": n, "seconds": best[name], "error": errors[name]}
+        print(f"  {name:24s} 1%: n={n:6d}  {best[name]:7.3f} s  (error at that budget, one seed: {errors[name]:.4f})",
+              flush=True)
     return out
 
 
@@ -343,8 +373,9 @@ def markdown(result: dict) -> str:
         "# Convergence study", "",
         f"Command: `{result['command']}`. Machine: {result['machine']}. Total time {result['seconds']:.0f} s.", "",
         "Relative L2 error of the attributions (root mean square over rows and seeds) against a",
-        "2048-point-per-background-row midpoint reference in float64, by gradient evaluations per row.",
-        "Models in float32, trained briefly (MLP 30 epochs, CNN 8 epochs, Adam, fixed seeds).", "",
+        f"{result['reference_steps']}-point-per-background-row midpoint reference in float64 (plain PyTorch),",
+        "by gradient evaluations per row. Models in float32, trained briefly with Adam and fixed seeds",
+        f"({result['training']}).", "",
     ]
     for name, work in result["workloads"].items():
         curves = work["curves"]
@@ -355,9 +386,22 @@ def markdown(result: dict) -> str:
         for method, curve in curves.items():
             cells = [f"{curve[n]['error']:.4f}" if n in curve else "" for n in budgets]
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {fit_slope(curve, 256, 4096):.2f} |")
-        lines += ["", "Slope: least-squares log-log slope of error vs budget over 256..4096.", ""]
+        var = work["variance"]
+        lines += ["", "Slope: least-squares log-log slope of error vs budget over 256..4096.", "",
+                  f"Variance of one sample about the mean, relative to ||phi||^2: {var['relative_variance_per_sample']:.3f}; "
+                  f"the choice of background row explains {var['explained_by_background_row']:.3f} of it "
+                  f"({var['explained_by_background_row'] / var['relative_variance_per_sample']:.0%}), alpha the rest.", "",
+                  "Standard errors of gradshap: observed RMS error / RMS reported stderr (1 = honest, < 1 = "
+                  "conservative), and the share of values within 1.96 stderr of the reference (0.95 = honest):", "",
+                  "| sampler | " + " | ".join(f"{n} ratio | {n} coverage" for n in (200, 1024)) + " |",
+                  "|---|" + "---:|" * 4]
+        for method, curve in curves.items():
+            if method.startswith("gradshap") and all("stderr_ratio" in curve.get(n, {}) for n in (200, 1024)):
+                cells = [f"{curve[n]['stderr_ratio']:.2f} | {curve[n]['coverage']:.3f}" for n in (200, 1024)]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
         if work.get("time_to_1pct"):
-            lines += ["Wall time to 1% error (budget from the curve, then timed, best of 3):", "",
+            lines += ["Wall time to 1% error (budget read off the curve, then timed: methods in turns, best of 5):", "",
                       "| method | samples per row | seconds | error at that budget |", "|---|---:|---:|---:|"]
             for method, t in work["time_to_1pct"].items():
                 lines.append(f"| {method} | {t['n_samples']} | {t['seconds']:.3f} | {t['error']:.4f} |")
@@ -404,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--out", type=Path, default=HERE / "out")
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for every method (1: timings robust to other load on the machine)")
     args = parser.parse_args(argv)
     quick = args.quick
     seeds = args.seeds or (1 if quick else 3)
@@ -414,15 +460,22 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+
     result = {"command": "python benchmarks/convergence.py" + (" --quick" if quick else ""),
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
                          f"torch {torch.__version__}",
-              "workloads": {}}
+              "workloads": {}, "reference_steps": steps,
+              "training": "MLP 3 epochs, CNN 1 epoch" if quick else "MLP 30 epochs, CNN 8 epochs"}
     for work in workloads(quick):
         print(f"{work['title']}: reference ({steps} alphas per background row)", flush=True)
-        ref = reference(work, steps)
+        ref, decomposition = reference(work, steps)
+        print(f"  per-sample variance / ||phi||^2 = {decomposition['relative_variance_per_sample']:.3f}, "
+              f"of which the background row explains {decomposition['explained_by_background_row']:.3f}", flush=True)
         curves = study(work, ref, budgets, seeds, shap_max=256 if quick else 1024)
-        entry = {"title": work["title"], "n_rows": int(work["x"].shape[0]), "seeds": seeds, "curves": curves}
+        entry = {"title": work["title"], "n_rows": int(work["x"].shape[0]), "seeds": seeds, "curves": curves,
+                 "variance": decomposition}
         if not quick:
             names = ["gradshap lattice", "gradshap balanced", "gradshap iid", "captum GradientShap"]
             entry["time_to_1pct"] = time_to_target(work, ref, curves, 0.01, names)
@@ -437,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "convergence.md").write_text(markdown(result))
     plot(result, args.out / "convergence.png")
     print(f"wrote {args.out / 'convergence.md'}, .json and .png in {result['seconds']:.0f} s", flush=True)
+    torch.set_num_threads(threads)
     return 0
 
 

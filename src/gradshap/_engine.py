@@ -1,12 +1,21 @@
 """The one Expected Gradients engine: plan -> points -> chunked VJP -> running sums -> result.
 
-Written against the Python array API. For input row ``r`` and sample ``j`` the sampler
-gives a background index ``b`` and an ``alpha``; the point explained is
-``b + alpha * (x - b)`` and the sample's contribution is ``(x - b) * grad f(point)``.
-Chunks are rectangles of (rows x samples) with at most ``batch_size`` points, so the
-per-row mean and spread come from axis reductions, never from boolean masks or
-value-dependent shapes; block statistics merge with Chan's formula. Accumulation is
-in the input's dtype, or float32 for half-precision inputs.
+Written against the Python array API. For input row ``r`` and sample ``j`` the design
+(:mod:`gradshap._sampling`) gives a background index ``b``, an ``alpha`` and a weight; the
+point explained is ``b + alpha * (x - b)`` and the sample's contribution is
+``(x - b) * grad f(point)``. Samples are laid out over the design's columns (one per
+background row for the stratified designs); the engine keeps a weighted mean and spread
+per (row, column, feature), and the estimate is the average of the column means, its
+variance the design's error model applied to the spreads.
+
+Chunks are rectangles of (rows x samples) with at most ``batch_size`` points, so every
+statistic comes from axis reductions, never from boolean masks or value-dependent
+shapes; chunk statistics merge with Chan's formula. The per-row plans (indices, alphas,
+weights) are small NumPy arrays made on the host from the seed alone, so the engine
+traces under ``jax.jit``. Accumulation is in the input's dtype, or float32 for
+half-precision inputs. The per-column statistics of ``k`` rows take
+``2 * k * columns * features`` numbers, at most ``2 * max(batch_size, len(background))``
+rows' worth of features.
 """
 
 from __future__ import annotations
@@ -215,7 +224,12 @@ def _host(a) -> np.ndarray:
 
 def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key, batch_size, bar,
                rtol=None, max_blocks=1):
-    """Values and variances per input, samples used per row and whether each met ``rtol``."""
+    """Values and variances per input, samples used per row and whether each met ``rtol``.
+
+    Rows go in groups of ``k`` (a chunk holds ``k`` rows times up to ``batch_size // k``
+    samples). Each group takes one block of ``design.n_samples`` samples per row; in adaptive
+    mode the rows that have not met ``rtol`` take as many blocks again, until ``max_blocks``.
+    """
     n = x[0].shape[0]
     dtype = x[0].dtype
     acc = _accumulation_dtype(xp, dtype)
@@ -228,6 +242,34 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     chunk_points = k_rows * s_size
     ranges = _chunk_ranges(n0, design.columns, s_size)
     n_out = cot_rows.shape[1]
+
+    def contributions(x_rows, cot, active, block, s0, s1) -> tuple[list, np.ndarray]:
+        """``(x - b) * grad f(b + alpha (x - b))`` for samples ``s0..s1-1`` of ``block``: ``(k, s, F)``."""
+        k, s = active.size, s1 - s0
+        index, alpha, weights = _sampling.draw(design, key, active, block, s0, s1)
+        flat_index = xp.asarray(np.reshape(index, (k * s,)), device=device)
+        alpha = xp.asarray(alpha, dtype=acc, device=device)
+        points, diffs = [], []
+        for pos, (xr, bg, fshape, size) in enumerate(zip(x_rows, background, feat, sizes)):
+            base = xp.reshape(xp.astype(xp.take(bg, flat_index, axis=0), acc, copy=False), (k, s, *fshape))
+            if stdevs > 0:
+                noise = _sampling.normals(key, active, s * size, _sampling.STREAM_NOISE + pos,
+                                          start=(block * n0 + s0) * size)
+                xr = xr + stdevs * xp.asarray(np.reshape(noise, (k, s, *fshape)), dtype=acc, device=device)
+            diff = xr - base
+            a = xp.reshape(alpha, (k, s) + (1,) * len(fshape))
+            points.append(xp.astype(xp.reshape(base + a * diff, (k * s, *fshape)), dtype, copy=False))
+            diffs.append(xp.reshape(diff, (k, s, size)))
+        cots = xp.reshape(xp.broadcast_to(cot, (k, s, n_out)), (k * s, n_out))
+        if adapter.pads and k * s < chunk_points:
+            padded = _pad(xp, (*points, cots), chunk_points)
+            _, grads = adapter.value_and_grad(padded[:-1], padded[-1])
+            grads = tuple(g[: k * s, ...] for g in grads)
+        else:
+            _, grads = adapter.value_and_grad(tuple(points), cots)
+        return [d * xp.reshape(xp.astype(g, acc, copy=False), (k, s, size))
+                for d, g, size in zip(diffs, grads, sizes)], weights
+
     parts, used, met = [], np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
     for r0 in range(0, n, k_rows):
         active = np.arange(r0, min(n, r0 + k_rows))
@@ -237,40 +279,15 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
             idx = xp.asarray(active, device=device)
             x_rows = [xp.expand_dims(xp.astype(xp.take(a, idx, axis=0), acc, copy=False), axis=1) for a in x]
             cot = xp.expand_dims(xp.take(cot_rows, idx, axis=0), axis=1)
-            k = active.size
             for block in range(blocks, blocks + new):
                 for s0, s1 in ranges:
-                    s = s1 - s0
-                    index, alpha, weights = _sampling.draw(design, key, active, block, s0, s1)
-                    flat_index = xp.asarray(np.reshape(index, (k * s,)), device=device)
-                    alpha = xp.asarray(alpha, dtype=acc, device=device)
-                    points, diffs = [], []
-                    for pos, (xr, bg, fshape, size) in enumerate(zip(x_rows, background, feat, sizes)):
-                        base = xp.reshape(xp.astype(xp.take(bg, flat_index, axis=0), acc, copy=False), (k, s, *fshape))
-                        if stdevs > 0:
-                            noise = _sampling.normals(key, active, s * size, _sampling.STREAM_NOISE + pos,
-                                                      start=(block * n0 + s0) * size)
-                            xr = xr + stdevs * xp.asarray(np.reshape(noise, (k, s, *fshape)), dtype=acc, device=device)
-                        diff = xr - base
-                        a = xp.reshape(alpha, (k, s) + (1,) * len(fshape))
-                        points.append(xp.astype(xp.reshape(base + a * diff, (k * s, *fshape)), dtype, copy=False))
-                        diffs.append(xp.reshape(diff, (k, s, size)))
-                    cots = xp.reshape(xp.broadcast_to(cot, (k, s, n_out)), (k * s, n_out))
-                    if adapter.pads and k * s < chunk_points:
-                        padded = _pad(xp, (*points, cots), chunk_points)
-                        _, grads = adapter.value_and_grad(padded[:-1], padded[-1])
-                        grads = tuple(g[: k * s, ...] for g in grads)
-                    else:
-                        _, grads = adapter.value_and_grad(tuple(points), cots)
-                    contributions = [
-                        d * xp.reshape(xp.astype(g, acc, copy=False), (k, s, size)) for d, g, size in zip(diffs, grads, sizes)
-                    ]
-                    stats.add(xp, contributions, weights, s0, s1)
+                    stats.add(xp, *contributions(x_rows, cot, active, block, s0, s1), s0, s1)
                     if bar is not None:
-                        bar.update(k * s)
+                        bar.update(active.size * (s1 - s0))
             blocks += new
             values, var = stats.finish(xp, design, blocks)
-            ok = np.ones(k, dtype=bool) if rtol is None else _converged(xp, values, var, gap, active, rtol, stdevs)
+            ok = np.ones(active.size, dtype=bool) if rtol is None else _converged(
+                xp, values, var, gap, active, rtol, stdevs)
             done = ok | (rtol is None or 2 * blocks > max_blocks)
             if np.any(done):
                 sel = np.flatnonzero(done)
@@ -283,17 +300,17 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
                 break
             keep = np.flatnonzero(~done)
             stats.keep(xp, keep)
-            active, new = active[keep], blocks
-    order = np.concatenate([p[0] for p in parts])
-    inverse = xp.asarray(np.argsort(order, kind="stable"), device=device)
+            active, new = active[keep], blocks  # double the samples of the rows still going
+    # Rows finished in different rounds: put them back in order.
+    inverse = xp.asarray(np.argsort(np.concatenate([p[0] for p in parts]), kind="stable"), device=device)
 
-    def gather(which: int, pos: int):
+    def gather(which: int, pos: int, shape: tuple):
         arrays = [p[which][pos] for p in parts]
-        joined = arrays[0] if len(arrays) == 1 else xp.concat(arrays, axis=0)
-        return joined if len(parts) == 1 else xp.take(joined, inverse, axis=0)
+        joined = arrays[0] if len(arrays) == 1 else xp.take(xp.concat(arrays, axis=0), inverse, axis=0)
+        return xp.reshape(joined, (n, *shape))
 
-    values = [xp.reshape(gather(1, pos), (n, *f)) for pos, f in enumerate(feat)]
-    variances = [xp.reshape(gather(2, pos), (n, *f)) for pos, f in enumerate(feat)]
+    values = [gather(1, pos, f) for pos, f in enumerate(feat)]
+    variances = [gather(2, pos, f) for pos, f in enumerate(feat)]
     return values, variances, used, met
 
 

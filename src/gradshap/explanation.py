@@ -43,13 +43,15 @@ class Explanation:
         Completeness residual ``sum(values) - (output - base_values)``. Its expectation
         is zero (for ``stdevs=0``); its size shows the Monte Carlo error of the sum.
     stderr : like values
-        Monte Carlo standard error of each value (see the README for what it means for
-        each sampler).
+        Standard error of each value (for the deterministic rules of ``exhaustive`` and
+        Integrated Gradients, an indicator of the quadrature error); what it means for each
+        sampler is in ``docs/accuracy.md``.
     data : the rows explained, as given.
     feature_names : list of str or None
     target : the target as resolved (an int, a tuple, the per-row indices, or None).
     sampler : the concrete sampling design used.
-    n_samples : samples (gradient evaluations) per row and target.
+    n_samples : samples (gradient evaluations) per row and target; in adaptive mode
+        (``rtol``) a NumPy array of the samples each row used, ``(n,)`` or ``(n, T)``.
     """
 
     values: Any
