@@ -95,15 +95,18 @@ class _ColumnStats:
     Chunks either cover whole passes of the layout (reshaped to ``(k, passes, columns,
     F)`` and reduced over the passes) or part of one pass (one sample per column,
     placed by concatenation). Block statistics merge with Chan's formula; the weights
-    are the same for every row and stay on the host.
+    are the same for every row and stay on the host. For a deterministic rule, where
+    every column has the same nodes, the mean over columns at each node is kept too.
     """
 
-    def __init__(self, xp, k: int, columns: int, sizes: list, dtype, device):
+    def __init__(self, xp, k: int, columns: int, sizes: list, dtype, device, *, nodes: bool = False):
         self.columns = columns
         self.weight = np.zeros(columns)
         self.mean = [xp.full((k, columns, f), 0.0, dtype=dtype, device=device) for f in sizes]
         self.m2 = [xp.full((k, columns, f), 0.0, dtype=dtype, device=device) for f in sizes]
         self.dtype, self.device = dtype, device
+        self.node_means: list | None = [[] for _ in sizes] if nodes else None
+        self._node_sum: list = [None] * len(sizes)
 
     def _col(self, xp, values: np.ndarray):
         return xp.asarray(np.reshape(values, (1, self.columns, 1)), dtype=self.dtype, device=self.device)
@@ -120,19 +123,26 @@ class _ColumnStats:
             inv = xp.asarray(np.reshape(_safe_ratio(np.ones(g), w_block), (1, g, 1)), dtype=self.dtype,
                              device=self.device)
             means, m2s = [], []
-            for c in contributions:
+            for pos, c in enumerate(contributions):
                 c4 = xp.reshape(c, (k, passes, g, c.shape[-1]))
                 mu = xp.mean(c4, axis=1) if uniform else xp.sum(wx * c4, axis=1) * inv
                 dev = (c4 - xp.expand_dims(mu, axis=1)) ** 2
                 means.append(mu)
                 m2s.append(xp.sum(dev if uniform else wx * dev, axis=1))
+                if self.node_means is not None:
+                    self.node_means[pos].append(xp.mean(c4, axis=2))
         else:  # part of one pass: one sample per column
             c0, s = start % g, stop - start
             w_block = np.zeros(g)
             w_block[c0 : c0 + s] = weights
             means, m2s = [], [None] * len(contributions)
-            for c in contributions:
+            for pos, c in enumerate(contributions):
                 f = c.shape[-1]
+                if self.node_means is not None:
+                    part = xp.sum(c, axis=1)
+                    self._node_sum[pos] = part if c0 == 0 else self._node_sum[pos] + part
+                    if c0 + s == g:  # the pass is complete
+                        self.node_means[pos].append(xp.expand_dims(self._node_sum[pos] / g, axis=1))
                 pieces = [xp.full((k, c0, f), 0.0, dtype=self.dtype, device=self.device)] if c0 else []
                 pieces.append(c)
                 if g - c0 - s:
@@ -168,6 +178,8 @@ class _ColumnStats:
         values = [xp.sum(m, axis=1) * omega for m in self.mean]
         a, b, a_single = design.column_constants(blocks)
         multi = design.counts * blocks >= 2
+        if self.node_means is not None and np.all(multi):
+            return values, self._rule_variance(xp, design, values, float(a[0] / b[0]))
         w = self.weight
         # Variance of a column mean = (A / B) * weighted spread, spread = m2 / W.
         coef = np.where(multi, omega**2 * _safe_ratio(a, b * w), 0.0)
@@ -179,6 +191,25 @@ class _ColumnStats:
                 v = v + single * self._per_sample_variance(xp, pos, multi, b, design.counts * blocks)
             var.append(v)
         return values, var
+
+    def _rule_variance(self, xp, design: _sampling.Design, values: list, ratio: float) -> list:
+        """Error model of a deterministic rule shared by all columns.
+
+        Its error on the part of the integrand common to all background rows (the mean over
+        columns at each node) is the same in every column and does not average out; the
+        rest is taken as independent between columns.
+        """
+        g = self.columns
+        weights = xp.asarray(np.reshape(design.rules[int(design.counts[0])][1], (1, -1, 1)), dtype=self.dtype,
+                             device=self.device)
+        var = []
+        for pos, v in enumerate(values):
+            parts = self.node_means[pos]
+            node_mean = parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)  # (k, m, F)
+            common = xp.sum(weights * (node_mean - xp.expand_dims(v, axis=1)) ** 2, axis=1)
+            spread = xp.sum(self.m2[pos] * self._col(xp, _safe_ratio(1.0, self.weight)), axis=1)
+            var.append(ratio * (common * (1.0 - 1.0 / g) + spread / g**2))
+        return var
 
     def _per_sample_variance(self, xp, pos: int, multi: np.ndarray, b: np.ndarray, counts: np.ndarray):
         """What a column with one sample borrows: the mean per-sample variance of the others.
@@ -273,7 +304,7 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     parts, used, met = [], np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
     for r0 in range(0, n, k_rows):
         active = np.arange(r0, min(n, r0 + k_rows))
-        stats = _ColumnStats(xp, active.size, design.columns, sizes, acc, device)
+        stats = _ColumnStats(xp, active.size, design.columns, sizes, acc, device, nodes=design.kind == "rule")
         blocks, new = 0, 1
         while True:
             idx = xp.asarray(active, device=device)
@@ -422,7 +453,7 @@ def run(
         # Per-row baselines (Integrated Gradients) compare with their own baseline.
         ref_b = out_b if design.paired else xp.expand_dims(xp.mean(out_b, axis=0), axis=0)
         selection = _targets.select(xp, target, out_x, dtype=x[0].dtype)
-        total_grads = n * n_samples * len(selection.cotangents) if rtol is None else None
+        total_grads = n * design.n_samples * len(selection.cotangents) if rtol is None else None
         bar = _progress_bar(progress, total_grads)
         try:
             per_target = []
@@ -453,7 +484,7 @@ def run(
     )
     base, output, delta = (_stack(xp, [t[i] for t in per_target], many) for i in (2, 3, 4))
     if rtol is None:
-        used = n_samples
+        used = design.n_samples
     else:
         used = np.stack([t[5] for t in per_target], axis=-1) if many else per_target[0][5]
     return Result(values, stderr, base, output, delta, selection.label, design.name, used)

@@ -26,8 +26,8 @@ weighted mean and spread per column, and the estimate is the average of the colu
   scrambled 2-D Sobol sequences (linear matrix scramble and digital shift), the first
   coordinate choosing the background row, the second giving alpha; one column per
   sequence.
-- ``exhaustive``: deterministic; every background row with a Gauss-Legendre rule of
-  ``floor(n/|B|)`` or ``ceil(n/|B|)`` nodes.
+- ``exhaustive``: deterministic; every background row with the same Gauss-Legendre rule
+  of ``m = floor(n/|B|)`` nodes (``m |B|`` samples).
 
 Standard errors (see ``docs/accuracy.md``): within a column of the stratified designs
 the spread of the samples becomes the variance of the column mean through the error
@@ -216,9 +216,9 @@ class Design:
         """
         n = self.counts * blocks
         if self.kind == "rule":
-            pairs = [_quadrature.jump_constants(*self.rules[int(m)]) for m in self.counts]
-            a = np.array([p[0] for p in pairs])
-            b = np.array([p[1] for p in pairs])
+            sizes, where = np.unique(self.counts, return_inverse=True)
+            pairs = np.array([_quadrature.jump_constants(*self.rules[int(m)]) for m in sizes])
+            a, b = pairs[where, 0], pairs[where, 1]
             return a, b, a
         nf = n.astype(np.float64)
         if self.kind == "lattice":
@@ -268,9 +268,10 @@ def plan(sampler: str, n_samples: int, n_background: int) -> Design:
             f"({nb}): every background row gets at least one Gauss-Legendre node; got n_samples={n}"
         )
         raise ValueError(msg)
-    q = n // nb
-    rules = {m: _quadrature.gauss_legendre(m) for m in {q, q + 1}}
-    return Design("exhaustive", n, nb, nb, "rule", rules, random=False)
+    # The same m-point rule for every row (the n - m |B| samples left over are not used), so the
+    # part of the quadrature error common to all rows can be estimated (see the engine).
+    m = n // nb
+    return Design("exhaustive", m * nb, nb, nb, "rule", {m: _quadrature.gauss_legendre(m)}, random=False)
 
 
 def rule_design(method: str, n_steps: int, *, paired: bool) -> Design:
