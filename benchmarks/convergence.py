@@ -188,10 +188,18 @@ def _captum(work, n, seed):
     import torch
     from captum.attr import GradientShap
 
+    # captum draws baselines with torch's global generator and alphas with NumPy's: seed both,
+    # and put them back afterwards.
+    torch_state, numpy_state = torch.random.get_rng_state(), np.random.get_state()
     torch.manual_seed(seed)
+    np.random.seed(seed)
     target = 0 if work["target"] is None else work["target"]
-    attr = GradientShap(work["model"]).attribute(work["x"], baselines=work["background"], n_samples=n,
-                                                 stdevs=0.0, target=target)
+    try:
+        attr = GradientShap(work["model"]).attribute(work["x"], baselines=work["background"], n_samples=n,
+                                                     stdevs=0.0, target=target)
+    finally:
+        torch.random.set_rng_state(torch_state)
+        np.random.set_state(numpy_state)
     return attr.detach().numpy()
 
 
@@ -224,9 +232,13 @@ def study(work: dict, ref: np.ndarray, budgets, seeds: int, shap_max: int) -> di
     rows = {}
     for name, fn in METHODS.items():
         curve = {}
-        for n in budgets:
-            if name.endswith("exhaustive") and n < nb:
-                continue
+        for requested in budgets:
+            n = requested
+            if name.endswith("exhaustive"):
+                # It uses m |B| samples, m = n // |B|: plot it at the budget it used.
+                n = (n // nb) * nb
+                if n == 0 or n in curve:
+                    continue
             if name.startswith("shap") and n > shap_max:
                 continue
             deterministic = name.endswith("exhaustive")
@@ -240,7 +252,8 @@ def study(work: dict, ref: np.ndarray, budgets, seeds: int, shap_max: int) -> di
                     dev.append(est - ref)
                     se.append(stderr)
                 errs.append(relative_errors(est, ref))
-            curve[n] = {"error": float(np.sqrt(np.mean(np.square(errs)))), "seconds": float(np.median(times))}
+            curve[n] = {"error": float(np.sqrt(np.mean(np.square(errs)))), "seconds": float(np.median(times)),
+                        "requested": requested}
             if se:
                 dev, se = np.array(dev), np.array(se)
                 # Observed error over reported standard error (1 is honest), and the share of values
@@ -379,15 +392,18 @@ def markdown(result: dict) -> str:
     ]
     for name, work in result["workloads"].items():
         curves = work["curves"]
-        budgets = sorted({n for c in curves.values() for n in c})
+        budgets = sorted({c["requested"] for curve in curves.values() for c in curve.values()})
         lines += [f"## {work['title']}", "", f"{work['n_rows']} rows explained, {work['seeds']} seeds per cell.", "",
                   "| method | " + " | ".join(str(n) for n in budgets) + " | slope |",
                   "|---|" + "---:|" * (len(budgets) + 1)]
         for method, curve in curves.items():
-            cells = [f"{curve[n]['error']:.4f}" if n in curve else "" for n in budgets]
+            by_budget = {c["requested"]: c for c in curve.values()}
+            cells = [f"{by_budget[n]['error']:.4f}" if n in by_budget else "" for n in budgets]
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {fit_slope(curve, 256, 4096):.2f} |")
         var = work["variance"]
-        lines += ["", "Slope: least-squares log-log slope of error vs budget over 256..4096.", "",
+        lines += ["", "Slope: least-squares log-log slope of error vs budget over 256..4096. `exhaustive` "
+                  "uses m |B| samples, m = floor(n / |B|), and appears in the column of its first budget "
+                  "with that m (the rest of its cells are left empty).", "",
                   f"Variance of one sample about the mean, relative to ||phi||^2: {var['relative_variance_per_sample']:.3f}; "
                   f"the choice of background row explains {var['explained_by_background_row']:.3f} of it "
                   f"({var['explained_by_background_row'] / var['relative_variance_per_sample']:.0%}), alpha the rest.", "",
@@ -396,8 +412,9 @@ def markdown(result: dict) -> str:
                   "| sampler | " + " | ".join(f"{n} ratio | {n} coverage" for n in (200, 1024)) + " |",
                   "|---|" + "---:|" * 4]
         for method, curve in curves.items():
-            if method.startswith("gradshap") and all("stderr_ratio" in curve.get(n, {}) for n in (200, 1024)):
-                cells = [f"{curve[n]['stderr_ratio']:.2f} | {curve[n]['coverage']:.3f}" for n in (200, 1024)]
+            by_budget = {c["requested"]: c for c in curve.values()}
+            if method.startswith("gradshap") and all("stderr_ratio" in by_budget.get(n, {}) for n in (200, 1024)):
+                cells = [f"{by_budget[n]['stderr_ratio']:.2f} | {by_budget[n]['coverage']:.3f}" for n in (200, 1024)]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
         if work.get("time_to_1pct"):

@@ -234,20 +234,19 @@ def resolve(sampler: str, n_samples: int, n_background: int) -> str:
 
 
 def _check_name(sampler) -> None:
-    if not isinstance(sampler, str):
-        msg = f"`sampler` must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}"
-        raise TypeError(msg)
-    if sampler not in SAMPLERS:
-        msg = f"`sampler` must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}"
-        raise ValueError(msg)
+    if isinstance(sampler, str) and sampler in SAMPLERS:
+        return
+    msg = f"`sampler` must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}"
+    raise (ValueError if isinstance(sampler, str) else TypeError)(msg)
 
 
 def plan(sampler: str, n_samples: int, n_background: int) -> Design:
     """The design for ``sampler`` at ``n_samples`` per row and ``n_background`` rows.
 
-    ``auto`` is ``lattice``: at every budget it had the smallest error per gradient
-    of the designs here on the models of ``benchmarks/convergence.py`` (see
-    ``docs/accuracy.md``), and its standard error stays honest.
+    ``auto`` is ``lattice``: on the models of ``benchmarks/convergence.py`` it had the
+    smallest error, or one within noise of it, at every budget from 16 to 4096 gradient
+    evaluations per row (2.6 to 13 times less than i.i.d. sampling from 200 on), and its
+    standard error was never smaller than the observed error (``docs/accuracy.md``).
     """
     _check_name(sampler)
     n, nb = int(n_samples), int(n_background)
