@@ -80,8 +80,10 @@ class GradientExplainer:
         sampler : {"auto", "lattice", "balanced", "iid", "sobol", "exhaustive"}
             Sampling design of (baseline, alpha) pairs. ``"auto"`` is ``"lattice"``: every
             background row gets an equal share of the samples and the alphas of each form a
-            randomly shifted lattice. ``"exhaustive"`` is deterministic (Gauss-Legendre in
-            alpha for every background row; needs ``n_samples >= len(background)``).
+            randomly shifted lattice. ``"exhaustive"`` is deterministic: the same
+            ``m``-point Gauss-Legendre rule in alpha for every background row, with
+            ``m = n_samples // len(background)`` (so it needs ``n_samples >= len(background)``
+            and uses ``m * len(background)`` samples).
             ``"iid"`` is what shap and captum do. See ``docs/accuracy.md``.
         stdevs : float
             Standard deviation of Gaussian noise added to ``x`` per sample (SmoothGrad-style
