@@ -37,7 +37,6 @@ between its independent replicates.
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass, field
 
