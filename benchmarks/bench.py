@@ -89,8 +89,7 @@ class Case:
         self.wl, self.n_rows, self.n_samples = wl, n_rows, n_samples
         self.x, self.bg = wl.data(n_rows)
         key = _sampling.seed_key(0)
-        sampler = _sampling.resolve("auto", n_samples, len(self.bg))
-        index, alpha = _sampling.draw(sampler, key, np.arange(n_rows), n_samples, len(self.bg))
+        index, alpha, _ = _sampling.samples("auto", key, np.arange(n_rows), n_samples, len(self.bg))
         base = self.bg[index.reshape(-1)]
         xs = np.repeat(self.x, n_samples, axis=0)
         a = alpha.reshape(-1, *([1] * (self.x.ndim - 1))).astype(np.float32)

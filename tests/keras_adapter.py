@@ -86,7 +86,7 @@ def test_linear_model_is_exact(style, as_numpy, linear):
     np.testing.assert_allclose(host(exp.base_values), np.full(3, bg.mean(0) @ w + bias), rtol=1e-6)
 
     exp = explainer(xs, n_samples=7, sampler="iid", seed=3)
-    index, _ = _sampling.draw("iid", _sampling.seed_key(3), np.arange(3), 7, 8)
+    index, _, _ = _sampling.samples("iid", _sampling.seed_key(3), np.arange(3), 7, 8)
     np.testing.assert_allclose(host(exp.values), w * (x - bg[index].mean(1)), rtol=0, atol=ATOL)
 
 

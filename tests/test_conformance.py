@@ -206,7 +206,8 @@ def numpy_estimator(kind: str) -> np.ndarray:
 
     x, bg = (a.astype(np.float64) for a in data(kind))
     case = CASES[kind]
-    index, alpha = _sampling.draw(case["sampler"], _sampling.seed_key(SEED), np.arange(len(x)), N_SAMPLES, len(bg))
+    index, alpha, weight = _sampling.samples(case["sampler"], _sampling.seed_key(SEED), np.arange(len(x)),
+                                             N_SAMPLES, len(bg))
     targets = case["target"] if isinstance(case["target"], list) else None
     if targets is None:  # "predicted"
         predicted = np.argmax(numpy_forward_and_grad(kind, x, None)[0], axis=1)
@@ -218,7 +219,7 @@ def numpy_estimator(kind: str) -> np.ndarray:
             base = bg[index[r]]
             a = alpha[r].reshape((-1,) + (1,) * (x.ndim - 1))
             _, grad = numpy_forward_and_grad(kind, base + a * (x[r] - base), tr)
-            rows.append(np.mean((x[r] - base) * grad, axis=0))
+            rows.append(np.tensordot(weight, (x[r] - base) * grad, axes=1))
         per_target.append(np.stack(rows))
     return np.stack(per_target, axis=-1) if targets else per_target[0]
 

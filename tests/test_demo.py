@@ -78,7 +78,7 @@ def _check_explanation(exp: Explanation, summary: dict) -> None:
     np.testing.assert_allclose(exp.delta, total - gap, atol=1e-4 * (1 + np.abs(gap).max()))
     assert summary["max_abs_delta"] == pytest.approx(np.abs(exp.delta).max(), rel=1e-6)
     assert summary["mean_abs_delta"] == pytest.approx(np.abs(exp.delta).mean(), rel=1e-6)
-    assert exp.n_samples == summary["n_samples"] and exp.sampler == summary["sampler"] == "balanced"
+    assert exp.n_samples == summary["n_samples"] and exp.sampler == summary["sampler"] == "lattice"
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])

@@ -35,10 +35,10 @@ def np_(a):
 
 
 def drawn_mean(seed, sampler, n_rows, n_samples, background):
-    """Mean of the baselines the sampler draws for each row, from the same seed."""
-    concrete = _sampling.resolve(sampler, n_samples, background.shape[0])
-    index, _ = _sampling.draw(concrete, _sampling.seed_key(seed), np.arange(n_rows), n_samples, background.shape[0])
-    return background[index].mean(axis=1)
+    """Mean of the baselines the sampler draws for each row, as the estimate weighs them, from the same seed."""
+    index, _, w = _sampling.samples(sampler, _sampling.seed_key(seed), np.arange(n_rows), n_samples,
+                                    background.shape[0])
+    return np.einsum("rsf,s->rf", background[index], w)
 
 
 @pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
@@ -219,7 +219,7 @@ def test_results_keep_namespace_dtype_and_device(framework, dtype, rng):
     import array_api_compat as aac
 
     assert aac.device(exp.values) == aac.device(x)
-    assert exp.sampler == "balanced" and exp.n_samples == 4
+    assert exp.sampler == "lattice" and exp.n_samples == 4
 
 
 def test_seed_examples_image_three_features():

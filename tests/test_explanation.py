@@ -206,7 +206,7 @@ def test_save_load_round_trips_every_field(exp, tmp_path):
     assert path.name == "exp.npz"
     back = Explanation.load(path)
     _assert_same(exp, back)
-    assert back.feature_names == list("abcde") and back.sampler == "balanced" and back.n_samples == 12
+    assert back.feature_names == list("abcde") and back.sampler == "lattice" and back.n_samples == 12
 
 
 def test_save_load_several_inputs_targets_and_float32(rng, tmp_path):

@@ -89,7 +89,7 @@ def test_tf_module_linear_is_exact(linear):
     np.testing.assert_allclose(exp.base_values.numpy(), np.full(3, bg.mean(0) @ w + 0.5), rtol=1e-6)
 
     exp = explainer(tf.constant(x), n_samples=7, sampler="iid", seed=3)
-    index, _ = _sampling.draw("iid", _sampling.seed_key(3), np.arange(3), 7, 8)
+    index, _, _ = _sampling.samples("iid", _sampling.seed_key(3), np.arange(3), 7, 8)
     np.testing.assert_allclose(exp.values.numpy(), w * (x - bg[index].mean(1)), rtol=0, atol=ATOL)
 
 

@@ -5,10 +5,12 @@ gradshap imports no deep-learning framework.
 """
 
 from gradshap._engine import expected_gradients as expected_gradients
+from gradshap import reference as reference
 from gradshap._explainer import GradientExplainer as GradientExplainer
 from gradshap._groups import Group as Group
 from gradshap._groups import GroupedExplanation as GroupedExplanation
 from gradshap._groups import confusion_labels as confusion_labels
+from gradshap._integrated import IntegratedGradients as IntegratedGradients
 from gradshap._sampling import SAMPLERS as SAMPLERS
 from gradshap.explanation import Explanation as Explanation
 
@@ -20,7 +22,9 @@ __all__ = [
     "GradientExplainer",
     "Group",
     "GroupedExplanation",
+    "IntegratedGradients",
     "__version__",
     "confusion_labels",
     "expected_gradients",
+    "reference",
 ]

@@ -1,12 +1,21 @@
 """The one Expected Gradients engine: plan -> points -> chunked VJP -> running sums -> result.
 
-Written against the Python array API. For input row ``r`` and sample ``j`` the sampler
-gives a background index ``b`` and an ``alpha``; the point explained is
-``b + alpha * (x - b)`` and the sample's contribution is ``(x - b) * grad f(point)``.
-Chunks are rectangles of (rows x samples) with at most ``batch_size`` points, so the
-per-row mean and spread come from axis reductions, never from boolean masks or
-value-dependent shapes; block statistics merge with Chan's formula. Accumulation is
-in the input's dtype, or float32 for half-precision inputs.
+Written against the Python array API. For input row ``r`` and sample ``j`` the design
+(:mod:`gradshap._sampling`) gives a background index ``b``, an ``alpha`` and a weight; the
+point explained is ``b + alpha * (x - b)`` and the sample's contribution is
+``(x - b) * grad f(point)``. Samples are laid out over the design's columns (one per
+background row for the stratified designs); the engine keeps a weighted mean and spread
+per (row, column, feature), and the estimate is the average of the column means, its
+variance the design's error model applied to the spreads.
+
+Chunks are rectangles of (rows x samples) with at most ``batch_size`` points, so every
+statistic comes from axis reductions, never from boolean masks or value-dependent
+shapes; chunk statistics merge with Chan's formula. The per-row plans (indices, alphas,
+weights) are small NumPy arrays made on the host from the seed alone, so the engine
+traces under ``jax.jit``. Accumulation is in the input's dtype, or float32 for
+half-precision inputs. The per-column statistics of ``k`` rows take
+``2 * k * columns * features`` numbers, at most ``2 * max(batch_size, len(background))``
+rows' worth of features.
 """
 
 from __future__ import annotations
@@ -59,7 +68,7 @@ class Result:
     delta: Any  # (n[, T])
     target: Any
     sampler: str
-    n_samples: int
+    n_samples: Any  # an int, or in adaptive mode the samples used per row (numpy array)
 
 
 def _accumulation_dtype(xp, dtype):
@@ -93,49 +102,210 @@ def _forward(adapter: Adapter, xp, inputs: tuple, batch: int):
     return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
 
 
-def _block_stats(xp, contributions: list) -> tuple[list, list]:
-    """Per-row mean and sum of squared deviations over the sample axis (axis 1)."""
-    means = [xp.mean(g, axis=1) for g in contributions]
-    m2s = [xp.sum((g - xp.expand_dims(mu, axis=1)) ** 2, axis=1) for g, mu in zip(contributions, means)]
-    return means, m2s
+def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` with 0 where ``den`` is 0 (host-side, for the per-column weights)."""
+    out = np.zeros(np.broadcast(num, den).shape)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
 
 
-class _Stats:
-    """Per-row mean and sum of squared deviations, merged block by block (Chan et al.)."""
+class _ColumnStats:
+    """Weighted mean and spread of the contributions per (row, column, feature).
 
-    def __init__(self):
-        self.count = 0
-        self.mean: list = []
-        self.m2: list = []
+    Chunks either cover whole passes of the layout (reshaped to ``(k, passes, columns,
+    F)`` and reduced over the passes) or part of one pass (one sample per column,
+    placed by concatenation). Block statistics merge with Chan's formula; the weights
+    are the same for every row and stay on the host. For a deterministic rule, where
+    every column has the same nodes, the mean over columns at each node is kept too.
+    """
 
-    def merge(self, means: list, m2s: list, s: int) -> None:
-        if self.count == 0:
-            self.mean, self.m2 = list(means), list(m2s)
-        else:
-            total = self.count + s
-            for k, (mu, m2) in enumerate(zip(means, m2s)):
-                d = mu - self.mean[k]
-                self.mean[k] = self.mean[k] + d * (s / total)
-                self.m2[k] = self.m2[k] + m2 + d * d * (self.count * s / total)
-        self.count += s
+    def __init__(self, xp, k: int, columns: int, sizes: list, dtype, device, *, nodes: bool = False):
+        self.columns = columns
+        self.weight = np.zeros(columns)
+        self.mean = [xp.full((k, columns, f), 0.0, dtype=dtype, device=device) for f in sizes]
+        self.m2 = [xp.full((k, columns, f), 0.0, dtype=dtype, device=device) for f in sizes]
+        self.dtype, self.device = dtype, device
+        self.node_means: list | None = [[] for _ in sizes] if nodes else None
+        self._node_sum: list = [None] * len(sizes)
+
+    def _col(self, xp, values: np.ndarray):
+        return xp.asarray(np.reshape(values, (1, self.columns, 1)), dtype=self.dtype, device=self.device)
+
+    def add(self, xp, contributions: list, weights: np.ndarray, start: int, stop: int) -> None:
+        """Merge contributions ``(k, stop - start, F)`` of samples ``start..stop-1`` of a block."""
+        g = self.columns
+        k = contributions[0].shape[0]
+        if start % g == 0 and (stop - start) % g == 0:
+            passes = (stop - start) // g
+            w = np.reshape(weights, (passes, g))
+            means, m2s = [], []
+            for pos, c in enumerate(contributions):
+                c4 = xp.reshape(c, (k, passes, g, c.shape[-1]))
+                mu, m2 = _pass_stats(xp, c4, self._weights(xp, w))
+                means.append(mu)
+                m2s.append(m2)
+                if self.node_means is not None:
+                    self.node_means[pos].append(xp.mean(c4, axis=2))
+            self.merge(xp, means, m2s, np.sum(w, axis=0))
+            return
+        # part of one pass: one sample per column
+        c0, s = start % g, stop - start
+        w_block = np.zeros(g)
+        w_block[c0 : c0 + s] = weights
+        means = []
+        for pos, c in enumerate(contributions):
+            f = c.shape[-1]
+            if self.node_means is not None:
+                part = xp.sum(c, axis=1)
+                self._node_sum[pos] = part if c0 == 0 else self._node_sum[pos] + part
+                if c0 + s == g:  # the pass is complete
+                    self.node_means[pos].append(xp.expand_dims(self._node_sum[pos] / g, axis=1))
+            pieces = [xp.full((k, c0, f), 0.0, dtype=self.dtype, device=self.device)] if c0 else []
+            pieces.append(c)
+            if g - c0 - s:
+                pieces.append(xp.full((k, g - c0 - s, f), 0.0, dtype=self.dtype, device=self.device))
+            means.append(xp.concat(pieces, axis=1) if len(pieces) > 1 else c)
+        self.merge(xp, means, None, w_block)
+
+    def _weights(self, xp, w: np.ndarray):
+        return xp.asarray(np.reshape(w, (1, *w.shape, 1)), dtype=self.dtype, device=self.device)
+
+    def merge(self, xp, means: list, m2s: list | None, w_block: np.ndarray) -> None:
+        """Chan's formula per column: block means and spreads ``(k, columns, F)`` of weight ``w_block``."""
+        if not np.any(self.weight):  # the first block: nothing to merge with
+            self.mean = list(means)
+            if m2s is not None:
+                self.m2 = list(m2s)
+            self.weight = np.asarray(w_block, dtype=np.float64)
+            return
+        total = self.weight + w_block
+        share = self._col(xp, _safe_ratio(w_block, total))
+        cross = self._col(xp, _safe_ratio(self.weight * w_block, total))
+        for pos, mu in enumerate(means):
+            d = mu - self.mean[pos]
+            self.mean[pos] = self.mean[pos] + d * share
+            extra = d * d * cross
+            self.m2[pos] = self.m2[pos] + (extra if m2s is None else m2s[pos] + extra)
+        self.weight = total
+
+    def keep(self, xp, positions: np.ndarray) -> None:
+        """Keep only the rows at ``positions``."""
+        idx = xp.asarray(positions, device=self.device)
+        self.mean = [xp.take(a, idx, axis=0) for a in self.mean]
+        self.m2 = [xp.take(a, idx, axis=0) for a in self.m2]
+
+    def finish(self, xp, design: _sampling.Design, blocks: int) -> tuple[list, list]:
+        """Estimates and their variances, one ``(k, F)`` array each per input."""
+        g = self.columns
+        if design.kind == "replicates":
+            values = [xp.mean(m, axis=1) for m in self.mean]
+            if g < 2:
+                return values, [xp.full(v.shape, math.inf, dtype=self.dtype, device=self.device) for v in values]
+            var = [xp.sum((m - xp.expand_dims(v, axis=1)) ** 2, axis=1) / (g * (g - 1))
+                   for m, v in zip(self.mean, values)]
+            return values, var
+        omega = 1.0 / g
+        values = [xp.sum(m, axis=1) * omega for m in self.mean]
+        a, b, a_single = design.column_constants(blocks)
+        multi = design.counts * blocks >= 2
+        if self.node_means is not None and np.all(multi):
+            return values, self._rule_variance(xp, design, values, float(a[0] / b[0]))
+        w = self.weight
+        # Variance of a column mean = (A / B) * weighted spread, spread = m2 / W.
+        coef = np.where(multi, omega**2 * _safe_ratio(a, b * w), 0.0)
+        single = omega**2 * 6.0 * float(np.sum(a_single[~multi]))
+        var = []
+        for pos, m2 in enumerate(self.m2):
+            v = xp.sum(m2 * self._col(xp, coef), axis=1)
+            if single:
+                v = v + single * self._per_sample_variance(xp, pos, multi, b, design.counts * blocks)
+            var.append(v)
+        return values, var
+
+    def _rule_variance(self, xp, design: _sampling.Design, values: list, ratio: float) -> list:
+        """Error model of a deterministic rule shared by all columns.
+
+        Its error on the part of the integrand common to all background rows (the mean over
+        columns at each node) is the same in every column and does not average out; the
+        rest is taken as independent between columns.
+        """
+        g = self.columns
+        weights = xp.asarray(np.reshape(design.rules[int(design.counts[0])][1], (1, -1, 1)), dtype=self.dtype,
+                             device=self.device)
+        var = []
+        for pos, v in enumerate(values):
+            parts = self.node_means[pos]
+            node_mean = parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)  # (k, m, F)
+            common = xp.sum(weights * (node_mean - xp.expand_dims(v, axis=1)) ** 2, axis=1)
+            spread = xp.sum(self.m2[pos] * self._col(xp, _safe_ratio(1.0, self.weight)), axis=1)
+            var.append(ratio * (common * (1.0 - 1.0 / g) + spread / g**2))
+        return var
+
+    def _per_sample_variance(self, xp, pos: int, multi: np.ndarray, b: np.ndarray, counts: np.ndarray):
+        """What a column with one sample borrows: the mean per-sample variance of the others.
+
+        Without any column of two or more samples, the spread of all samples about
+        their mean (between columns too) stands in: an overestimate.
+        """
+        w, m2, mean = self.weight, self.m2[pos], self.mean[pos]
+        if np.any(multi):
+            # Per-sample variance of a column: spread / (6 B) (see _quadrature).
+            return xp.sum(m2 * self._col(xp, np.where(multi, _safe_ratio(1.0, 6.0 * b * w), 0.0)),
+                          axis=1) / float(np.sum(multi))
+        n = float(np.sum(counts))
+        if n < 2:
+            return xp.full((m2.shape[0], m2.shape[2]), math.inf, dtype=self.dtype, device=self.device)
+        w_total = float(np.sum(w))
+        grand = xp.sum(mean * self._col(xp, w), axis=1) / w_total
+        between = xp.sum(self._col(xp, w) * (mean - xp.expand_dims(grand, axis=1)) ** 2, axis=1)
+        return (xp.sum(m2, axis=1) + between) / w_total * (n / (n - 1.0))
 
 
-def _chunk(xp, value_and_grad, x_block, background, index, alpha, cot, noise):
-    """One rectangle of k rows x s samples -> per-row block mean and M2 of the contributions.
+def _chunk_ranges(n: int, columns: int, size: int) -> list[tuple[int, int]]:
+    """Sample ranges of one block, each whole passes of the layout or part of one pass."""
+    q, r = divmod(n, columns)
+    ranges = []
+    if size >= columns:
+        step = size // columns
+        ranges += [(p * columns, min(q, p + step) * columns) for p in range(0, q, step)]
+        if r:
+            ranges.append((q * columns, n))
+        return ranges
+    for p in range(q + (r > 0)):
+        end = min(n, (p + 1) * columns)
+        ranges += [(s0, min(end, s0 + size)) for s0 in range(p * columns, end, size)]
+    return ranges
+
+
+def _pass_stats(xp, c4, wx):
+    """Weighted mean and spread over the passes (axis 1) of ``c4``: ``(k, passes, columns, F)``.
+
+    ``wx``: the weights, ``(1, passes, columns, 1)``; every column has a positive total.
+    """
+    w_col = xp.sum(wx, axis=1)
+    mu = xp.sum(wx * c4, axis=1) / w_col
+    return mu, xp.sum(wx * (c4 - xp.expand_dims(mu, axis=1)) ** 2, axis=1)
+
+
+def _chunk(xp, value_and_grad, x_rows, background, index, alpha, cot, noise, wx):
+    """One rectangle of k rows x s samples: the contributions, or their per-column statistics.
 
     Pure array code with shapes fixed by its arguments, so that an adapter can compile it
     whole (:meth:`Adapter.fuse`): interpolation, the model's VJP, the multiply and the
     reductions then run as one program, with no eager op dispatched per chunk.
 
-    ``x_block``: per input ``(k, *f)``; ``background``: per input ``(B, *f)``; ``index``,
+    ``x_rows``: per input ``(k, *f)``; ``background``: per input ``(B, *f)``; ``index``,
     ``alpha``: ``(k, s)``, ``alpha`` in the accumulation dtype; ``cot``: ``(k, K)``; ``noise``:
-    ``None`` or per input ``(k, s, *f)`` (already scaled by ``stdevs``).
+    ``None`` or per input ``(k, s, *f)`` (already scaled by ``stdevs``). ``wx``: ``None``, then
+    the result is the contributions ``(x - b) * grad f(b + alpha (x - b))``, per input ``(k, s,
+    F)``; or the weights ``(1, passes, columns, 1)`` of a chunk of whole passes
+    (``s = passes * columns``), then it is ``(means, m2s)``, per input ``(k, columns, F)``.
     """
     k, s = index.shape
     acc = alpha.dtype
     flat_index = xp.reshape(index, (k * s,))
     points, diffs = [], []
-    for pos, (xb, bg) in enumerate(zip(x_block, background)):
+    for pos, (xb, bg) in enumerate(zip(x_rows, background)):
         fshape = tuple(bg.shape[1:])
         xr = xp.expand_dims(xp.astype(xb, acc, copy=False), axis=1)
         base = xp.reshape(xp.astype(xp.take(bg, flat_index, axis=0), acc, copy=False), (k, s, *fshape))
@@ -144,12 +314,26 @@ def _chunk(xp, value_and_grad, x_block, background, index, alpha, cot, noise):
         diff = xr - base
         a = xp.reshape(alpha, (k, s) + (1,) * len(fshape))
         points.append(xp.astype(xp.reshape(base + a * diff, (k * s, *fshape)), bg.dtype, copy=False))
-        diffs.append(diff)
+        diffs.append(xp.reshape(diff, (k, s, math.prod(fshape))))
     n_out = cot.shape[1]
     cots = xp.reshape(xp.broadcast_to(xp.expand_dims(cot, axis=1), (k, s, n_out)), (k * s, n_out))
     _, grads = value_and_grad(tuple(points), cots)
     contributions = [d * xp.reshape(xp.astype(g, d.dtype, copy=False), d.shape) for d, g in zip(diffs, grads)]
-    return _block_stats(xp, contributions)
+    if wx is None:
+        return contributions
+    g = wx.shape[2]
+    stats = [_pass_stats(xp, xp.reshape(c, (k, s // g, g, c.shape[-1])), wx) for c in contributions]
+    return [m for m, _ in stats], [v for _, v in stats]
+
+
+def _sample_chunk(n_samples: int, columns: int, size: int) -> int:
+    """Samples per chunk: ``size`` rounded down to whole passes of the layout, or to an equal
+    share of one pass, so that every chunk but a last partial pass has the same shape."""
+    if columns <= 1 or size >= n_samples:
+        return min(size, n_samples)
+    if size >= columns:
+        return size // columns * columns
+    return -(-columns // -(-columns // size))
 
 
 # A chunk shape is accepted once it holds this fraction of batch_size points.
@@ -186,87 +370,154 @@ def _pad_rows(a: np.ndarray, size: int) -> np.ndarray:
     return a if a.shape[0] == size else a[np.arange(size) % a.shape[0]]
 
 
-def _attribute(adapter, xp, x, background, cot_rows, *, sampler, n_samples, stdevs, key, batch_size, bar):
-    """Values and standard errors for one target; lists of arrays per input."""
-    n, nb = x[0].shape[0], background[0].shape[0]
+def _host(a) -> np.ndarray:
+    from gradshap.explanation import to_numpy
+
+    return np.asarray(to_numpy(a), dtype=np.float64)
+
+
+def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key, batch_size, bar,
+               rtol=None, max_blocks=1):
+    """Values and variances per input, samples used per row and whether each met ``rtol``.
+
+    Rows go in groups of ``k_rows`` (a chunk holds up to ``k_rows`` rows times ``s_size``
+    samples, at most ``batch_size`` points). Each group takes one block of
+    ``design.n_samples`` samples per row; in adaptive mode the rows that have not met
+    ``rtol`` take as many blocks again, until ``max_blocks``.
+    """
+    n = x[0].shape[0]
     dtype = x[0].dtype
     acc = _accumulation_dtype(xp, dtype)
     device = _validation.device_of(xp, x[0])
     feat = [tuple(a.shape[1:]) for a in x]
     sizes = [math.prod(f) for f in feat]
-    k_rows, s_size = _plan(n_samples, batch_size, equal=adapter.pads)
+    n0, g = design.n_samples, design.columns
+    _, s_plan = _plan(n0, batch_size, equal=adapter.pads)
+    s_size = _sample_chunk(n0, g, s_plan)
+    k_rows = max(1, batch_size // s_size)
+    ranges = _chunk_ranges(n0, g, s_size)
     step = adapter.fuse(_chunk)
-    # The host draws for several row blocks in one vectorised call: about
-    # _CHUNKS_PER_DRAW chunks' worth of pairs, so that its memory too is set by
-    # batch_size. Draws are per row, so the grouping changes no number.
-    draw_pairs = min(_DRAWS_PER_CALL, _CHUNKS_PER_DRAW * batch_size)
-    draw_rows = k_rows * max(1, draw_pairs // (k_rows * n_samples))
-    values, m2 = [[] for _ in x], [[] for _ in x]
+    # A deterministic rule keeps its per-node means (see _ColumnStats): its chunks come back whole.
+    reduce = design.kind != "rule"
     # On CPU an eager framework's per-row results go straight into one host buffer: small
     # arrays kept alive between chunks fragment the C heap, and peak memory then grew with
     # the number of rows (torch MLP: 1.9x at 4x rows; 1.1x with the buffer). Compiling
     # adapters keep them on device, where reading them back would stall the pipeline.
     host = None
-    if "cpu" in str(device).lower() and not adapter.pads and n > k_rows:
+    if rtol is None and "cpu" in str(device).lower() and not adapter.pads and n > k_rows:
         np_dtype = np.float64 if xp.finfo(acc).bits == 64 else np.float32
         host = tuple([np.empty((n, *f), dtype=np_dtype) for f in feat] for _ in range(2))
-    for r0 in range(0, n, k_rows):
-        r1 = min(n, r0 + k_rows)
-        k = r1 - r0
-        # A padding adapter sees every block with k_rows rows (rows are independent, so the
-        # repeated rows only cost time and are dropped after); samples are never padded.
-        k_run = min(k_rows, n) if adapter.pads else k
-        rows = np.arange(r0, r1)
-        if r0 % draw_rows == 0:
-            d0 = r0
-            drawn = _sampling.draw(sampler, key, np.arange(r0, min(n, r0 + draw_rows)), n_samples, nb)
-        index, alpha = (a[r0 - d0 : r1 - d0] for a in drawn)
-        index = xp.asarray(_pad_rows(index, k_run), device=device)
-        alpha = xp.asarray(_pad_rows(alpha, k_run), dtype=acc, device=device)
-        # Whole arrays are passed unsliced: with a compiling adapter each eager op costs a dispatch.
-        x_block, cot = (x, cot_rows) if k == n else (tuple(a[r0:r1, ...] for a in x), cot_rows[r0:r1, ...])
-        if k_run != k:
-            *x_block, cot = _pad(xp, (*x_block, cot), k_run)
-        stats = _Stats()
-        for s0 in range(0, n_samples, s_size):
-            s1 = min(n_samples, s0 + s_size)
-            s = s1 - s0
-            noise = None
-            if stdevs > 0:
-                noise = tuple(
-                    xp.asarray(
-                        stdevs * _pad_rows(np.reshape(
-                            _sampling.normals(key, rows, s * size, _sampling.STREAM_NOISE + pos, start=s0 * size),
-                            (k, s, *fshape)), k_run),
-                        dtype=acc, device=device,
-                    )
-                    for pos, (fshape, size) in enumerate(zip(feat, sizes))
+
+    def run_chunk(x_rows, cot, active, block, s0, s1, stats):
+        """Samples ``s0..s1-1`` of ``block`` for the rows ``active`` into ``stats``."""
+        k, s = active.size, s1 - s0
+        # A padding adapter sees every chunk with k_run rows and s_size samples (repeated rows
+        # and samples only cost time; they are dropped, or weigh 0, after).
+        k_run, s_run = (min(k_rows, n), max(s, s_size)) if adapter.pads else (k, s)
+        index, alpha, weights = _sampling.draw(design, key, active, block, s0, s1)
+        whole = reduce and s0 % g == 0 and s % g == 0 and s_run % g == 0
+        cols = np.arange(s_run) % s
+        index = xp.asarray(_pad_rows(index, k_run)[:, cols], device=device)
+        alpha = xp.asarray(_pad_rows(alpha, k_run)[:, cols], dtype=acc, device=device)
+        noise = None
+        if stdevs > 0:
+            noise = tuple(
+                xp.asarray(
+                    stdevs * np.reshape(_pad_rows(np.reshape(
+                        _sampling.normals(key, active, s * size, _sampling.STREAM_NOISE + pos,
+                                          start=(block * n0 + s0) * size), (k, s, size)), k_run)[:, cols],
+                        (k_run, s_run, *fshape)),
+                    dtype=acc, device=device,
                 )
-            index_s, alpha_s = (index, alpha) if s == n_samples else (index[:, s0:s1], alpha[:, s0:s1])
-            means, m2s = step(xp, tuple(x_block), background, index_s, alpha_s, cot, noise)
+                for pos, (fshape, size) in enumerate(zip(feat, sizes))
+            )
+        if k_run != k:
+            *x_rows, cot = _pad(xp, (*x_rows, cot), k_run)
+        if whole:
+            w = np.zeros((s_run // g, g))
+            w[: s // g] = np.reshape(weights, (s // g, g))
+            means, m2s = step(xp, tuple(x_rows), background, index, alpha, cot, noise, stats._weights(xp, w))
             if k_run != k:
-                means, m2s = [mu[:k, ...] for mu in means], [v[:k, ...] for v in m2s]
-            stats.merge(means, m2s, s)
-            if bar is not None:
-                bar.update(k * s)
-        for pos in range(len(x)):
-            if host is not None:
-                host[0][pos][r0:r1] = np.from_dlpack(stats.mean[pos])
-                host[1][pos][r0:r1] = np.from_dlpack(stats.m2[pos])
+                means, m2s = [m[:k, ...] for m in means], [v[:k, ...] for v in m2s]
+            stats.merge(xp, means, m2s, np.sum(w, axis=0))
+        else:
+            contributions = step(xp, tuple(x_rows), background, index, alpha, cot, noise, None)
+            if k_run != k or s_run != s:
+                contributions = [c[:k, :s, ...] for c in contributions]
+            stats.add(xp, contributions, weights, s0, s1)
+        if bar is not None:
+            bar.update(k * s)
+
+    parts, used, met = [], np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
+    for r0 in range(0, n, k_rows):
+        active = np.arange(r0, min(n, r0 + k_rows))
+        stats = _ColumnStats(xp, active.size, g, sizes, acc, device, nodes=not reduce)
+        blocks, new = 0, 1
+        while True:
+            if active.size == n:  # whole arrays, unsliced: with a compiling adapter each eager op costs a dispatch
+                x_rows, cot = list(x), cot_rows
+            elif active[-1] - active[0] + 1 == active.size:
+                x_rows = [a[active[0] : active[-1] + 1, ...] for a in x]
+                cot = cot_rows[active[0] : active[-1] + 1, ...]
             else:
-                values[pos].append(stats.mean[pos])
-                m2[pos].append(stats.m2[pos])
+                idx = xp.asarray(active, device=device)
+                x_rows = [xp.take(a, idx, axis=0) for a in x]
+                cot = xp.take(cot_rows, idx, axis=0)
+            for block in range(blocks, blocks + new):
+                for s0, s1 in ranges:
+                    run_chunk(x_rows, cot, active, block, s0, s1, stats)
+            blocks += new
+            values, var = stats.finish(xp, design, blocks)
+            ok = np.ones(active.size, dtype=bool) if rtol is None else _converged(
+                xp, values, var, gap, active, rtol, stdevs)
+            done = ok | (rtol is None or 2 * blocks > max_blocks)
+            if host is not None:  # rtol is None: every row of the group is done
+                for pos in range(len(x)):
+                    host[0][pos][active[0] : active[-1] + 1] = np.reshape(np.from_dlpack(values[pos]), (-1, *feat[pos]))
+                    host[1][pos][active[0] : active[-1] + 1] = np.reshape(np.from_dlpack(var[pos]), (-1, *feat[pos]))
+                used[active] = blocks * n0
+                break
+            if np.any(done):
+                sel = np.flatnonzero(done)
+                if sel.size != active.size:
+                    pick = xp.asarray(sel, device=device)
+                    values, var = ([xp.take(v, pick, axis=0) for v in vs] for vs in (values, var))
+                parts.append((active[sel], values, var))
+                used[active[sel]] = blocks * n0
+                met[active[sel]] = ok[sel]
+            if np.all(done):
+                break
+            keep = np.flatnonzero(~done)
+            stats.keep(xp, keep)
+            active, new = active[keep], blocks  # double the samples of the rows still going
     if host is not None:
         values = [xp.asarray(v, device=device) for v in host[0]]
-        m2 = [xp.asarray(v, device=device) for v in host[1]]
-    else:
-        values = [v[0] if len(v) == 1 else xp.concat(v, axis=0) for v in values]
-        m2 = [v[0] if len(v) == 1 else xp.concat(v, axis=0) for v in m2]
-    if n_samples > 1:
-        stderr = [xp.sqrt(v / (n_samples * (n_samples - 1))) for v in m2]
-    else:
-        stderr = [xp.full(v.shape, math.inf, dtype=acc, device=device) for v in m2]
-    return values, stderr
+        variances = [xp.asarray(v, device=device) for v in host[1]]
+        return values, variances, used, met
+    order = np.concatenate([p[0] for p in parts])
+    inverse = None if np.array_equal(order, np.arange(n)) else xp.asarray(np.argsort(order, kind="stable"), device=device)
+
+    def gather(which: int, pos: int, shape: tuple):
+        arrays = [p[which][pos] for p in parts]
+        joined = arrays[0] if len(arrays) == 1 else xp.concat(arrays, axis=0)
+        if inverse is not None:  # rows finished in different rounds: put them back in order
+            joined = xp.take(joined, inverse, axis=0)
+        return xp.reshape(joined, (n, *shape))
+
+    values = [gather(1, pos, f) for pos, f in enumerate(feat)]
+    variances = [gather(2, pos, f) for pos, f in enumerate(feat)]
+    return values, variances, used, met
+
+
+def _converged(xp, values: list, var: list, gap, active: np.ndarray, rtol: float, stdevs: float) -> np.ndarray:
+    """Rows whose standard error (and completeness residual) are within ``rtol`` of ``||values||``."""
+    err2 = _host(sum(xp.sum(v, axis=1) for v in var))
+    scale = np.sqrt(_host(sum(xp.sum(v * v, axis=1) for v in values)))
+    ok = err2 <= (rtol * scale) ** 2
+    if stdevs == 0:
+        total = _host(sum(xp.sum(v, axis=1) for v in values))
+        ok &= np.abs(total - _host(gap)[active]) <= rtol * scale
+    return ok
 
 
 def _check_gradients(xp, values: list, name: str) -> None:
@@ -283,6 +534,32 @@ def _stack(xp, arrays: list, many: bool):
     return xp.stack(arrays, axis=-1) if many else arrays[0]
 
 
+def _check_adaptive(rtol, max_samples, n_samples: int, design) -> tuple[float | None, int]:
+    """Validated ``rtol`` and the most blocks of ``n_samples`` the adaptive mode may use."""
+    if rtol is None:
+        if max_samples is not None:
+            msg = f"`max_samples` applies only with `rtol` (adaptive mode); got max_samples={max_samples!r} and rtol=None"
+            raise ValueError(msg)
+        return None, 1
+    rtol = _validation.check_nonnegative_float(rtol, "rtol")
+    if rtol == 0:
+        msg = "`rtol` must be > 0 (a relative tolerance on the standard error); got 0"
+        raise ValueError(msg)
+    if not design.extensible:
+        msg = (
+            f"`rtol` (adaptive mode) needs a sampler that can add samples; {design.name!r} is a fixed rule. "
+            f"Use sampler='auto' or one of {', '.join(map(repr, _sampling.EXTENSIBLE))}"
+        )
+        raise ValueError(msg)
+    if max_samples is None:
+        max_samples = 32 * n_samples
+    max_samples = _validation.check_positive_int(max_samples, "max_samples")
+    if max_samples < n_samples:
+        msg = f"`max_samples` must be >= `n_samples` ({n_samples}), the first round; got {max_samples}"
+        raise ValueError(msg)
+    return rtol, max_samples // n_samples
+
+
 def run(
     adapter: Adapter,
     x: tuple,
@@ -290,47 +567,61 @@ def run(
     *,
     target: Any = None,
     n_samples: int = 200,
-    sampler: str = "auto",
+    sampler: str | _sampling.Design = "auto",
     stdevs: float = 0.0,
     seed: Any = None,
     batch_size: int | None = None,
     progress: bool = False,
     xp: Any = None,
+    rtol: float | None = None,
+    max_samples: int | None = None,
 ) -> Result:
-    """Validate, then explain ``x`` against ``background`` through ``adapter``."""
+    """Validate, then explain ``x`` against ``background`` through ``adapter``.
+
+    ``sampler`` may also be a :class:`gradshap._sampling.Design` (Integrated Gradients
+    passes its quadrature rule this way). With ``rtol``, each row gets blocks of
+    ``n_samples`` samples, doubling, until its standard error is at most ``rtol`` times
+    the norm of its values (and, without smoothing, so is its completeness residual),
+    or until ``max_samples``; ``Result.n_samples`` then holds the samples used per row.
+    """
     n_samples = _validation.check_positive_int(n_samples, "n_samples")
     stdevs = _validation.check_nonnegative_float(stdevs, "stdevs")
-    if not isinstance(sampler, str):
-        msg = f"`sampler` must be one of {', '.join(map(repr, _sampling.SAMPLERS))}; got {sampler!r}"
-        raise TypeError(msg)
     xp = _validation.namespace_of(x + background, "x") if xp is None else xp
     _validation.check_arrays(xp, x, background)
     feature_size = sum(math.prod(a.shape[1:]) for a in x)
     if batch_size is None:
         batch_size = default_batch_size(feature_size, device=_validation.device_of(xp, x[0]), compiled=adapter.pads)
     batch_size = _validation.check_positive_int(batch_size, "batch_size")
-    concrete = _sampling.resolve(sampler, n_samples, background[0].shape[0])
+    nb = background[0].shape[0]
+    design = sampler if isinstance(sampler, _sampling.Design) else _sampling.plan(sampler, n_samples, nb)
+    rtol, max_blocks = _check_adaptive(rtol, max_samples, n_samples, design)
     key = _sampling.seed_key(seed)
     if callable(target) and not isinstance(target, (str, type)):
         adapter, target = adapter.compose(target), None
     n = x[0].shape[0]
     with _global_rng_guard(), adapter.session():
         out_x = _targets.as_matrix(xp, _forward(adapter, xp, x, batch_size), n)
-        out_b = _targets.as_matrix(xp, _forward(adapter, xp, background, batch_size), background[0].shape[0],
+        out_b = _targets.as_matrix(xp, _forward(adapter, xp, background, batch_size), nb,
                                    "the model's output on `background`")
         acc = _accumulation_dtype(xp, out_x.dtype)
         out_x = xp.astype(out_x, acc, copy=False)
-        mean_b = xp.mean(xp.astype(out_b, acc, copy=False), axis=0)
+        out_b = xp.astype(out_b, acc, copy=False)
+        # Per-row baselines (Integrated Gradients) compare with their own baseline.
+        ref_b = out_b if design.paired else xp.expand_dims(xp.mean(out_b, axis=0), axis=0)
         selection = _targets.select(xp, target, out_x, dtype=x[0].dtype)
-        bar = _progress_bar(progress, n * n_samples * len(selection.cotangents))
+        total_grads = n * design.n_samples * len(selection.cotangents) if rtol is None else None
+        bar = _progress_bar(progress, total_grads)
         try:
             per_target = []
             for cot in selection.cotangents:
+                cot_acc = xp.astype(cot, acc, copy=False)
+                output = xp.sum(out_x * cot_acc, axis=1)
+                base = xp.sum(ref_b * cot_acc, axis=1)
                 while True:
                     try:
-                        vals, errs = _attribute(
-                            adapter, xp, x, background, cot, sampler=concrete, n_samples=n_samples,
-                            stdevs=stdevs, key=key, batch_size=batch_size, bar=bar,
+                        vals, var, used, met = _attribute(
+                            adapter, xp, x, background, cot, output - base, design=design, stdevs=stdevs,
+                            key=key, batch_size=batch_size, bar=bar, rtol=rtol, max_blocks=max_blocks,
                         )
                         break
                     except Exception as err:
@@ -345,14 +636,14 @@ def run(
                         if bar is not None:
                             bar.reset()
                 _check_gradients(xp, vals, "the selected target")
-                cot_acc = xp.astype(cot, acc, copy=False)
-                output = xp.sum(out_x * cot_acc, axis=1)
-                base = xp.sum(xp.expand_dims(mean_b, axis=0) * cot_acc, axis=1)
                 total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, -1)), axis=1) for v in vals)
-                per_target.append((vals, errs, base, output, total - (output - base)))
+                errs = [xp.sqrt(v) for v in var]
+                per_target.append((vals, errs, base, output, total - (output - base), used, met))
         finally:
             if bar is not None:
                 bar.close()
+    if rtol is not None:
+        _warn_unconverged([t[6] for t in per_target], rtol, max_blocks * n_samples)
     many = selection.many
     dtype = x[0].dtype
     values = tuple(
@@ -362,7 +653,22 @@ def run(
         xp.astype(_stack(xp, [t[1][pos] for t in per_target], many), dtype, copy=False) for pos in range(len(x))
     )
     base, output, delta = (_stack(xp, [t[i] for t in per_target], many) for i in (2, 3, 4))
-    return Result(values, stderr, base, output, delta, selection.label, concrete, n_samples)
+    if rtol is None:
+        used = design.n_samples
+    else:
+        used = np.stack([t[5] for t in per_target], axis=-1) if many else per_target[0][5]
+    return Result(values, stderr, base, output, delta, selection.label, design.name, used)
+
+
+def _warn_unconverged(met: list, rtol: float, limit: int) -> None:
+    bad = np.flatnonzero(~np.all(np.stack(met, axis=-1), axis=-1))
+    if bad.size:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if bad.size > 10 else "")
+        msg = (
+            f"{bad.size} row(s) did not reach rtol={rtol} within max_samples={limit} (rows {shown}); "
+            "their standard error is larger than asked. Raise `max_samples` or `rtol`"
+        )
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
 
 @contextlib.contextmanager
@@ -376,7 +682,7 @@ def _global_rng_guard():
         np.random.set_state(np_state)
 
 
-def _progress_bar(progress: bool, total: int):
+def _progress_bar(progress: bool, total: int | None):
     if not progress:
         return None
     from gradshap.backends import require
@@ -425,6 +731,8 @@ def expected_gradients(
     batch_size: int | None = None,
     progress: bool = False,
     xp: Any = None,
+    rtol: float | None = None,
+    max_samples: int | None = None,
 ):
     """Expected Gradients for any differentiable function, in any array-API namespace.
 
@@ -440,7 +748,7 @@ def expected_gradients(
         Rows to explain, and the background rows whose distribution defines "absent".
     target : None
         With a plain ``value_and_grad`` the function is already scalar: leave ``None``.
-    n_samples, sampler, stdevs, seed, batch_size, progress
+    n_samples, sampler, stdevs, seed, batch_size, progress, rtol, max_samples
         As for :class:`gradshap.GradientExplainer`.
     xp : array namespace, optional
         Inferred from ``x`` when not given.
@@ -473,6 +781,6 @@ def expected_gradients(
         raise ValueError(msg)
     result = run(
         adapter, xs, bgs, target=target, n_samples=n_samples, sampler=sampler, stdevs=stdevs,
-        seed=seed, batch_size=batch_size, progress=progress, xp=xp,
+        seed=seed, batch_size=batch_size, progress=progress, xp=xp, rtol=rtol, max_samples=max_samples,
     )
     return Explanation.from_result(result, data=x, many_inputs=isinstance(x, (tuple, list)))

@@ -60,6 +60,8 @@ class GradientExplainer:
         stdevs: float = 0.0,
         seed: Any = None,
         progress: bool = False,
+        rtol: float | None = None,
+        max_samples: int | None = None,
     ) -> Explanation:
         """Explain the rows of ``x``.
 
@@ -74,9 +76,15 @@ class GradientExplainer:
             (results gain a trailing axis); a callable ``outputs -> (m,)`` in the
             model's framework for anything else.
         n_samples : int
-            Gradient evaluations per row (and target).
-        sampler : {"auto", "iid", "balanced"}
-            Sampling design of (baseline, alpha) pairs; see the README.
+            Gradient evaluations per row (and target); in adaptive mode, the first round.
+        sampler : {"auto", "lattice", "balanced", "iid", "sobol", "exhaustive"}
+            Sampling design of (baseline, alpha) pairs. ``"auto"`` is ``"lattice"``: every
+            background row gets an equal share of the samples and the alphas of each form a
+            randomly shifted lattice. ``"exhaustive"`` is deterministic: the same
+            ``m``-point Gauss-Legendre rule in alpha for every background row, with
+            ``m = n_samples // len(background)`` (so it needs ``n_samples >= len(background)``
+            and uses ``m * len(background)`` samples).
+            ``"iid"`` is what shap and captum do. See ``docs/accuracy.md``.
         stdevs : float
             Standard deviation of Gaussian noise added to ``x`` per sample (SmoothGrad-style
             local smoothing). The completeness target becomes ``E f(x + noise) - E f(b)``.
@@ -85,13 +93,21 @@ class GradientExplainer:
             in every framework.
         progress : bool
             Show a tqdm progress bar.
+        rtol : float, optional
+            Adaptive mode: keep doubling each row's samples until the norm of its standard
+            errors, and (without ``stdevs``) its completeness residual, are at most
+            ``rtol`` times the norm of its values. ``Explanation.n_samples`` is then an
+            array of the samples each row used.
+        max_samples : int, optional
+            Adaptive mode's budget per row (default ``32 * n_samples``). Rows that do not
+            reach ``rtol`` within it are returned with a RuntimeWarning.
         """
         xs = _validation.as_inputs(x, "x")
         xp = _validation.namespace_of(xs + self._background, "x")
         result = _engine.run(
             self.adapter, xs, self._background, target=target, n_samples=n_samples,
             sampler=sampler, stdevs=stdevs, seed=seed, batch_size=self.batch_size,
-            progress=progress, xp=xp,
+            progress=progress, xp=xp, rtol=rtol, max_samples=max_samples,
         )
         return Explanation.from_result(
             result, data=x, many_inputs=isinstance(x, (tuple, list)), feature_names=self.feature_names

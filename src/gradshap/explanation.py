@@ -34,6 +34,12 @@ def to_numpy(a: Any) -> Any:
     return np.asarray(a)
 
 
+def _describe_samples(n_samples: Any) -> str:
+    if isinstance(n_samples, np.ndarray) and n_samples.size:  # adaptive mode
+        return f"{int(n_samples.min())}..{int(n_samples.max())} per row"
+    return str(n_samples)
+
+
 def _row_index(key: Any, n: int) -> slice | np.ndarray:
     """``key`` as a slice or an array of row numbers (never a bare int: rows stay an axis)."""
     if isinstance(key, slice):
@@ -107,13 +113,15 @@ class Explanation:
         Completeness residual ``sum(values) - (output - base_values)``. Its expectation
         is zero (for ``stdevs=0``); its size shows the Monte Carlo error of the sum.
     stderr : like values
-        Monte Carlo standard error of each value (see the README for what it means for
-        each sampler).
+        Standard error of each value (for the deterministic rules of ``exhaustive`` and
+        Integrated Gradients, an indicator of the quadrature error); what it means for each
+        sampler is in ``docs/accuracy.md``.
     data : the rows explained, as given.
     feature_names : list of str or None
     target : the target as resolved (an int, a tuple, the per-row indices, or None).
     sampler : the concrete sampling design used.
-    n_samples : samples (gradient evaluations) per row and target.
+    n_samples : samples (gradient evaluations) per row and target; in adaptive mode
+        (``rtol``) a NumPy array of the samples each row used, ``(n,)`` or ``(n, T)``.
 
     Indexing selects rows and keeps the row axis: ``exp[3]`` is a one-row Explanation,
     ``exp[:10]``, ``exp[mask]`` (a boolean mask) and ``exp[[0, 5]]`` select several.
@@ -173,7 +181,7 @@ class Explanation:
             worst_text = "?"
         return (
             f"Explanation(n={len(self)}, values={describe(self.values)}, sampler={self.sampler!r}, "
-            f"n_samples={self.n_samples}, target={self.target if isinstance(self.target, (int, tuple, str)) or self.target is None else 'per row'}, "
+            f"n_samples={_describe_samples(self.n_samples)}, target={self.target if isinstance(self.target, (int, tuple, str)) or self.target is None else 'per row'}, "
             f"max|delta|={worst_text})"
         )
 
@@ -210,6 +218,8 @@ class Explanation:
         changes = {name: _take(getattr(self, name), index) for name in _ROW_FIELDS}
         if self._per_row_target():
             changes["target"] = _take(self.target, index)
+        if isinstance(self.n_samples, np.ndarray):  # adaptive mode: samples per row
+            changes["n_samples"] = self.n_samples[index]
         return replace(self, **changes, extras=dict(self.extras))
 
     def select_target(self, k: int) -> "Explanation":
@@ -319,8 +329,11 @@ class Explanation:
             "target": target_meta,
             "feature_names": _json_names(exp.feature_names),
             "sampler": exp.sampler,
-            "n_samples": None if exp.n_samples is None else int(exp.n_samples),
+            "n_samples": None if exp.n_samples is None else
+            "array" if isinstance(exp.n_samples, np.ndarray) else int(exp.n_samples),
         }
+        if isinstance(exp.n_samples, np.ndarray):
+            arrays["n_samples"] = np.asarray(exp.n_samples, dtype=np.int64)
         arrays["__meta__"] = np.asarray(json.dumps(meta))
         path = Path(path)
         if path.suffix != ".npz":
@@ -350,10 +363,11 @@ class Explanation:
             t = meta["target"]
             kwargs["target"] = (archive["target"] if t["kind"] == "array"
                                 else tuple(t["value"]) if t["kind"] == "tuple" else t["value"])
+            n_samples = archive["n_samples"] if meta["n_samples"] == "array" else meta["n_samples"]
         names = meta["feature_names"]
         if names is not None and names and isinstance(names[0], list):
             names = tuple(names)
-        return cls(feature_names=names, sampler=meta["sampler"], n_samples=meta["n_samples"], **kwargs)
+        return cls(feature_names=names, sampler=meta["sampler"], n_samples=n_samples, **kwargs)
 
 
 def _savable(a: np.ndarray, name: str) -> np.ndarray:
