@@ -21,6 +21,7 @@ rows' worth of features.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import warnings
@@ -122,8 +123,8 @@ class _ColumnStats:
     def __init__(self, xp, k: int, columns: int, sizes: list, dtype, device, *, nodes: bool = False):
         self.columns = columns
         self.weight = np.zeros(columns)
-        self.mean = [xp.full((k, columns, f), 0.0, dtype=dtype, device=device) for f in sizes]
-        self.m2 = [xp.full((k, columns, f), 0.0, dtype=dtype, device=device) for f in sizes]
+        self.mean: list = []  # set by the first merge
+        self.m2: list = []
         self.dtype, self.device = dtype, device
         self.node_means: list | None = [[] for _ in sizes] if nodes else None
         self._node_sum: list = [None] * len(sizes)
@@ -174,8 +175,7 @@ class _ColumnStats:
         """Chan's formula per column: block means and spreads ``(k, columns, F)`` of weight ``w_block``."""
         if not np.any(self.weight):  # the first block: nothing to merge with
             self.mean = list(means)
-            if m2s is not None:
-                self.m2 = list(m2s)
+            self.m2 = list(m2s) if m2s is not None else [xp.zeros_like(m) for m in means]
             self.weight = np.asarray(w_block, dtype=np.float64)
             return
         total = self.weight + w_block
@@ -277,17 +277,21 @@ def _chunk_ranges(n: int, columns: int, size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _pass_stats(xp, c4, wx):
+def _pass_stats(xp, c4, wx, uniform: bool = False):
     """Weighted mean and spread over the passes (axis 1) of ``c4``: ``(k, passes, columns, F)``.
 
     ``wx``: the weights, ``(1, passes, columns, 1)``; every column has a positive total.
+    ``uniform``: every weight is 1 (two passes over the data fewer).
     """
+    if uniform:
+        mu = xp.mean(c4, axis=1)
+        return mu, xp.sum((c4 - xp.expand_dims(mu, axis=1)) ** 2, axis=1)
     w_col = xp.sum(wx, axis=1)
     mu = xp.sum(wx * c4, axis=1) / w_col
     return mu, xp.sum(wx * (c4 - xp.expand_dims(mu, axis=1)) ** 2, axis=1)
 
 
-def _chunk(xp, value_and_grad, x_rows, background, index, alpha, cot, noise, wx):
+def _chunk(xp, value_and_grad, x_rows, background, index, alpha, cot, noise, wx, coef, *, uniform=False):
     """One rectangle of k rows x s samples: the contributions, or their per-column statistics.
 
     Pure array code with shapes fixed by its arguments, so that an adapter can compile it
@@ -300,6 +304,10 @@ def _chunk(xp, value_and_grad, x_rows, background, index, alpha, cot, noise, wx)
     the result is the contributions ``(x - b) * grad f(b + alpha (x - b))``, per input ``(k, s,
     F)``; or the weights ``(1, passes, columns, 1)`` of a chunk of whole passes
     (``s = passes * columns``), then it is ``(means, m2s)``, per input ``(k, columns, F)``.
+    ``coef``: ``None``, or, for a chunk that is a whole block of a stratified design, the
+    factors ``(1, columns, 1)`` that turn a column's spread into its share of the
+    estimate's variance; the result is then the estimate and its variance, ``(k, F)`` each.
+    ``uniform``: every weight in ``wx`` is 1 (:data:`_chunk_uniform`).
     """
     k, s = index.shape
     acc = alpha.dtype
@@ -322,8 +330,15 @@ def _chunk(xp, value_and_grad, x_rows, background, index, alpha, cot, noise, wx)
     if wx is None:
         return contributions
     g = wx.shape[2]
-    stats = [_pass_stats(xp, xp.reshape(c, (k, s // g, g, c.shape[-1])), wx) for c in contributions]
-    return [m for m, _ in stats], [v for _, v in stats]
+    stats = [_pass_stats(xp, xp.reshape(c, (k, s // g, g, c.shape[-1])), wx, uniform) for c in contributions]
+    if coef is None:
+        return [m for m, _ in stats], [v for _, v in stats]
+    return [xp.mean(m, axis=1) for m, _ in stats], [xp.sum(v * coef, axis=1) for _, v in stats]
+
+
+# The chunk step for designs whose weights are all 1 (every design but the quadrature rules),
+# made once so that an adapter's compiled copy of it is reused.
+_chunk_uniform = functools.partial(_chunk, uniform=True)
 
 
 def _sample_chunk(n_samples: int, columns: int, size: int) -> int:
@@ -396,9 +411,20 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     s_size = _sample_chunk(n0, g, s_plan)
     k_rows = max(1, batch_size // s_size)
     ranges = _chunk_ranges(n0, g, s_size)
-    step = adapter.fuse(_chunk)
+    uniform = design.kind != "rule"
+    step = adapter.fuse(_chunk_uniform if uniform else _chunk)
+    fused_weighted = adapter.fuse(_chunk) if uniform and adapter.pads else step
     # A deterministic rule keeps its per-node means (see _ColumnStats): its chunks come back whole.
     reduce = design.kind != "rule"
+    # One chunk per row group holding a whole block of a stratified design with two or more
+    # samples in every column (200 samples on 100 background rows, or iid): the chunk step
+    # returns the estimate and its variance, with no statistics kept between chunks.
+    final = None
+    if reduce and rtol is None and ranges == [(0, n0)] and n0 % g == 0 and design.kind != "replicates" \
+            and np.all(design.counts >= 2):
+        a, b, _ = design.column_constants(1)
+        w_col = np.sum(np.reshape(design.weights(0, n0), (n0 // g, g)), axis=0)
+        final = xp.asarray(np.reshape(a / (b * w_col) / g**2, (1, g, 1)), dtype=acc, device=device)
     # On CPU an eager framework's per-row results go straight into one host buffer: small
     # arrays kept alive between chunks fragment the C heap, and peak memory then grew with
     # the number of rows (torch MLP: 1.9x at 4x rows; 1.1x with the buffer). Compiling
@@ -409,8 +435,10 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
         host = tuple([np.empty((n, *f), dtype=np_dtype) for f in feat] for _ in range(2))
 
     def run_chunk(x_rows, cot, active, block, s0, s1, stats):
-        """Samples ``s0..s1-1`` of ``block`` for the rows ``active`` into ``stats``."""
+        """Samples ``s0..s1-1`` of ``block`` for the rows ``active`` into ``stats`` (or, for
+        a ``final`` chunk, returned as the estimate and its variance)."""
         k, s = active.size, s1 - s0
+        out = None
         # A padding adapter sees every chunk with k_run rows and s_size samples (repeated rows
         # and samples only cost time; they are dropped, or weigh 0, after).
         k_run, s_run = (min(k_rows, n), max(s, s_size)) if adapter.pads else (k, s)
@@ -436,22 +464,31 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
         if whole:
             w = np.zeros((s_run // g, g))
             w[: s // g] = np.reshape(weights, (s // g, g))
-            means, m2s = step(xp, tuple(x_rows), background, index, alpha, cot, noise, stats._weights(xp, w))
+            if uniform and s_run != s:  # padded passes must weigh 0: the weighted step
+                step_now = fused_weighted
+            else:
+                step_now = step
+            wx = xp.asarray(np.reshape(w, (1, *w.shape, 1)), dtype=acc, device=device)
+            means, m2s = step_now(xp, tuple(x_rows), background, index, alpha, cot, noise, wx, final)
             if k_run != k:
                 means, m2s = [m[:k, ...] for m in means], [v[:k, ...] for v in m2s]
-            stats.merge(xp, means, m2s, np.sum(w, axis=0))
+            if final is not None:
+                out = means, m2s  # the estimate and its variance
+            else:
+                stats.merge(xp, means, m2s, np.sum(w, axis=0))
         else:
-            contributions = step(xp, tuple(x_rows), background, index, alpha, cot, noise, None)
+            contributions = step(xp, tuple(x_rows), background, index, alpha, cot, noise, None, None)
             if k_run != k or s_run != s:
                 contributions = [c[:k, :s, ...] for c in contributions]
             stats.add(xp, contributions, weights, s0, s1)
         if bar is not None:
             bar.update(k * s)
+        return out
 
     parts, used, met = [], np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
     for r0 in range(0, n, k_rows):
         active = np.arange(r0, min(n, r0 + k_rows))
-        stats = _ColumnStats(xp, active.size, g, sizes, acc, device, nodes=not reduce)
+        stats = None if final is not None else _ColumnStats(xp, active.size, g, sizes, acc, device, nodes=not reduce)
         blocks, new = 0, 1
         while True:
             if active.size == n:  # whole arrays, unsliced: with a compiling adapter each eager op costs a dispatch
@@ -465,9 +502,9 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
                 cot = xp.take(cot_rows, idx, axis=0)
             for block in range(blocks, blocks + new):
                 for s0, s1 in ranges:
-                    run_chunk(x_rows, cot, active, block, s0, s1, stats)
+                    out = run_chunk(x_rows, cot, active, block, s0, s1, stats)
             blocks += new
-            values, var = stats.finish(xp, design, blocks)
+            values, var = out if final is not None else stats.finish(xp, design, blocks)
             ok = np.ones(active.size, dtype=bool) if rtol is None else _converged(
                 xp, values, var, gap, active, rtol, stdevs)
             done = ok | (rtol is None or 2 * blocks > max_blocks)
