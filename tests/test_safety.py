@@ -13,6 +13,75 @@ import gradshap
 from conftest import import_or_fail
 
 
+def global_rngs() -> dict:
+    """Every global generator's state in this process, comparable with ==: Python's, NumPy's
+    and, where the framework is imported, torch's, TensorFlow's global ``tf.random.Generator``
+    (object and state) and Keras' global ``SeedGenerator`` (object and state)."""
+    mt = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (mt[1].tobytes(), *mt[2:])}
+    if "torch" in sys.modules:
+        state["torch"] = sys.modules["torch"].get_rng_state().numpy().tobytes()
+    tf_ops = sys.modules.get("tensorflow.python.ops.stateful_random_ops")
+    if tf_ops is not None:
+        gen = tf_ops.global_generator  # read without creating one
+        state["tensorflow"] = None if gen is None else (id(gen), gen.state.numpy().tobytes())
+    if "keras" in sys.modules:
+        from keras.src.backend.common import global_state
+
+        gen = global_state.get_global_attribute("global_seed_generator")
+        host = sys.modules["keras"].ops.convert_to_numpy
+        state["keras"] = None if gen is None else (id(gen), host(gen.state.value).tobytes())
+    return state
+
+
+def assert_same_rngs(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    for name in before:
+        assert before[name] == after[name], f"the {name} global generator is not as found"
+
+
+def tf_op_seed_draws(seed: int, taken: int) -> tuple[np.ndarray, np.ndarray]:
+    """What users see of TensorFlow's op-level seeds: the next ``tf.random.uniform`` draw,
+    and the one it must be, replayed from ``tf.random.set_seed(seed)`` and ``taken`` draws."""
+    tf = sys.modules["tensorflow"]
+    got = tf.random.uniform([3]).numpy()
+    tf.random.set_seed(seed)
+    for _ in range(taken):
+        tf.random.uniform([2])
+    return got, tf.random.uniform([3]).numpy()
+
+
+class Tripwire:
+    """A host callback for inside a model: counts its runs, draws from Python's and NumPy's
+    global generators each time, and raises on run ``fail_at``."""
+
+    def __init__(self):
+        self.runs, self.fail_at = 0, None
+
+    def __call__(self):
+        self.runs += 1
+        random.random()
+        np.random.rand(2)
+        if self.runs == self.fail_at:
+            raise RuntimeError("boom inside the model")
+        return np.zeros((), np.float32)
+
+
+def interrupt_at_chunk(adapter, chunk: int) -> dict:
+    """Make ``adapter`` raise KeyboardInterrupt when the engine asks for chunk ``chunk``'s VJP
+    (after the earlier chunks completed); returns the call counter."""
+    original, calls = adapter.value_and_grad, {"n": 0}
+
+    def interrupt(points, cot):
+        calls["n"] += 1
+        if calls["n"] == chunk:
+            raise KeyboardInterrupt
+        return original(points, cot)
+
+    adapter.value_and_grad = interrupt
+    return calls
+
+
 def _torch_bn_model(torch):
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -87,20 +156,107 @@ def test_torch_model_state_restored_on_keyboard_interrupt_between_chunks():
     model = _torch_bn_model(torch)
     bg, x = torch.zeros(10, 5), torch.ones(30, 5)
     explainer = gradshap.GradientExplainer(model, bg, batch_size=8)
-    original = explainer.adapter.value_and_grad
-    calls = {"n": 0}
-
-    def interrupt(points, cot):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(points, cot)
-
-    explainer.adapter.value_and_grad = interrupt
+    interrupt_at_chunk(explainer.adapter, 2)
     before = _snapshot(torch, model)
     with pytest.raises(KeyboardInterrupt):
         explainer(x, n_samples=4, seed=0)
     _assert_same(torch, before, _snapshot(torch, model))
+
+
+def _tf_module(tf, seed: int = 0):
+    """A tf.Module with a trainable and a frozen layer, fixed statistics, and a call that uses
+    every global generator at run time: TensorFlow's global Generator, an op-level-seeded
+    draw, and (in a host callback that can also fail on its ``fail_at``-th run) Python's
+    and NumPy's."""
+
+    class Net(tf.Module):
+        def __init__(self):
+            super().__init__()
+            rng = np.random.default_rng(seed)
+            self.w1 = tf.Variable(rng.standard_normal((5, 8)).astype(np.float32), trainable=False)
+            self.mean = tf.Variable(rng.standard_normal(8).astype(np.float32), trainable=False)
+            self.w2 = tf.Variable(rng.standard_normal((8, 1)).astype(np.float32))
+            self.tripwire = Tripwire()
+
+        def __call__(self, x):
+            flag = tf.reshape(tf.numpy_function(self.tripwire, [], tf.float32, stateful=True), [])
+            noise = tf.random.get_global_generator().normal([8]) + tf.random.uniform([8])
+            return tf.tanh(x @ self.w1 - self.mean + 0.0 * (noise + flag)) @ self.w2
+
+    return Net()
+
+
+def _tf_state(net):
+    return [(v.name, v.trainable, v.numpy().copy()) for v in net.variables]
+
+
+@pytest.fixture
+def tf_seeded():
+    """TensorFlow's generators seeded the way a user would, with draws already taken."""
+    tf = import_or_fail("tensorflow")
+    tf.random.set_seed(11)
+    tf.random.uniform([2])
+    tf.random.set_global_generator(tf.random.Generator.from_seed(5))
+    tf.random.get_global_generator().normal([2])
+    return tf
+
+
+def _check_tf_untouched_then_normal(tf, net, before, rngs, x, bg):
+    after = _tf_state(net)
+    assert [(n, t) for n, t, _ in after] == [(n, t) for n, t, _ in before]
+    for (name, _, old), (_, _, new) in zip(before, after):
+        np.testing.assert_array_equal(new, old, err_msg=name)
+    assert_same_rngs(rngs, global_rngs())
+    np.testing.assert_array_equal(*tf_op_seed_draws(11, taken=1))
+    net.tripwire.fail_at = None
+    exp, ref = (gradshap.GradientExplainer(m, bg, batch_size=8)(x, n_samples=4, seed=0) for m in (net, _tf_module(tf)))
+    for field in ("values", "output", "base_values"):
+        np.testing.assert_array_equal(getattr(exp, field).numpy(), getattr(ref, field).numpy(), err_msg=field)
+
+
+def _tf_data(tf):
+    return tf.ones((6, 5)), tf.reshape(tf.range(40, dtype=tf.float32) / 40, (8, 5))
+
+
+def test_tensorflow_module_and_global_rngs_restored_when_the_model_raises(tf_seeded):
+    tf = tf_seeded
+    net, (x, bg) = _tf_module(tf), _tf_data(tf)
+    before, rngs = _tf_state(net), global_rngs()
+    net.tripwire.fail_at = 4  # runs 1-2: forward passes on x and background; 3: chunk 1; 4: chunk 2
+    with pytest.raises(Exception, match="boom inside the model"):
+        gradshap.GradientExplainer(net, bg, batch_size=8)(x, n_samples=4, seed=0)
+    assert net.tripwire.runs == 4
+    _check_tf_untouched_then_normal(tf, net, before, rngs, x, bg)
+
+
+def test_tensorflow_module_and_global_rngs_restored_on_keyboard_interrupt(tf_seeded):
+    tf = tf_seeded
+    net, (x, bg) = _tf_module(tf), _tf_data(tf)
+    explainer = gradshap.GradientExplainer(net, bg, batch_size=8)
+    calls = interrupt_at_chunk(explainer.adapter, 2)
+    before, rngs = _tf_state(net), global_rngs()
+    with pytest.raises(KeyboardInterrupt):
+        explainer(x, n_samples=4, seed=0)
+    assert calls["n"] == 2 and net.tripwire.runs == 3
+    _check_tf_untouched_then_normal(tf, net, before, rngs, x, bg)
+
+
+def test_tensorflow_complete_call_leaves_the_global_rngs_as_found(tf_seeded):
+    tf = tf_seeded
+    net, (x, bg) = _tf_module(tf), _tf_data(tf)
+    before, rngs = _tf_state(net), global_rngs()
+    gradshap.GradientExplainer(net, bg, batch_size=8)(x, n_samples=4, seed=0)
+    assert net.tripwire.runs == 5  # the model drew from every generator at every run
+    _check_tf_untouched_then_normal(tf, net, before, rngs, x, bg)
+
+
+def test_tensorflow_global_generator_the_call_creates_is_dropped_again():
+    tf = import_or_fail("tensorflow")
+    tf_ops = sys.modules["tensorflow.python.ops.stateful_random_ops"]
+    tf_ops.global_generator = None  # as in a fresh process: created on first use
+    net, (x, bg) = _tf_module(tf), _tf_data(tf)
+    gradshap.GradientExplainer(net, bg, batch_size=8)(x, n_samples=4, seed=0)
+    assert tf_ops.global_generator is None
 
 
 def test_flax_nnx_module_untouched_and_run_in_eval_mode():

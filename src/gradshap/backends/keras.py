@@ -10,10 +10,16 @@ written. Per backend:
 
 Inputs may be the backend's tensors or NumPy arrays (as Keras itself accepts); NumPy in
 gives NumPy out. A model with several inputs receives them as one list, the Keras way.
+
+Keras' global ``SeedGenerator`` (what ``keras.random`` functions draw from when given no
+seed, reset by ``keras.utils.set_random_seed``) is left as found, also when the model
+draws from it or the call fails; the backend's adapter restores the backend's own global
+generator (torch's, TensorFlow's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 from typing import Any, Callable
@@ -129,8 +135,29 @@ class KerasAdapter(Adapter):
     def compose(self, fn: Callable) -> "KerasAdapter":
         return KerasAdapter(self.inner.compose(fn))
 
+    @contextlib.contextmanager
     def session(self):
-        return self.inner.session()
+        with _global_seed_generator_guard(), self.inner.session():
+            yield
+
+
+@contextlib.contextmanager
+def _global_seed_generator_guard():
+    """Keras' global ``SeedGenerator`` as found: the same object (or none), in the same state."""
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+    except ImportError:  # another Keras layout: nothing known to restore
+        yield
+        return
+    found = global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
+    state = None if found is None else require("keras").ops.convert_to_numpy(found.state.value).copy()
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, found)
+        if found is not None:
+            found.state.assign(state)
 
 
 def _check_continuous_inputs(keras, model) -> None:

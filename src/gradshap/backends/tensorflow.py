@@ -4,6 +4,11 @@ The VJP is a ``tf.GradientTape`` inside a ``tf.function``, which traces once per
 shape; the engine pads every chunk to one shape, so a long call traces once. Keras
 models on the TensorFlow backend go through the Keras adapter, which reuses this one.
 
+TensorFlow's global generator (``tf.random.get_global_generator()``) is left as found,
+also when the model draws from it or the call fails. Nothing here runs an eager random
+op, so the op-level seeds that ``tf.random.set_seed`` governs are untouched too (the
+model itself runs inside a ``tf.function``, whose random ops take graph-level seeds).
+
 array-api-compat does not cover TensorFlow, so :func:`namespace` gives the engine the
 few array operations it uses (those of ``_engine``, ``_targets`` and ``_validation``),
 all as TensorFlow ops on the tensors' own device: no host round trip.
@@ -149,6 +154,26 @@ class _Namespace:
         return dtype == kind
 
 
+@contextlib.contextmanager
+def global_generator_guard():
+    """TensorFlow's global ``tf.random.Generator`` as found: the same object, in the same state.
+
+    Read from its module without ``tf.random.get_global_generator()``, which would create
+    one (and raises under op determinism when none is set). A generator the call created
+    is dropped again. Does nothing unless TensorFlow is already imported.
+    """
+    ops = sys.modules.get("tensorflow.python.ops.stateful_random_ops")
+    found = getattr(ops, "global_generator", None)
+    state = None if found is None else found.state.numpy()
+    try:
+        yield
+    finally:
+        if ops is not None:
+            ops.global_generator = found
+            if found is not None:
+                found.state.assign(state)
+
+
 @functools.lru_cache(maxsize=None)
 def namespace() -> _Namespace:
     """The array namespace gradshap's engine uses for ``tf.Tensor`` inputs."""
@@ -196,6 +221,9 @@ class TensorFlowAdapter(Adapter):
         adapter = TensorFlowAdapter(self.model, fn, self._call_model)
         adapter.name = self.name
         return adapter
+
+    def session(self):
+        return global_generator_guard()
 
 
 def make(model: Any) -> Adapter:
