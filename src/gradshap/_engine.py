@@ -175,7 +175,8 @@ class _ColumnStats:
         """Chan's formula per column: block means and spreads ``(k, columns, F)`` of weight ``w_block``."""
         if not np.any(self.weight):  # the first block: nothing to merge with
             self.mean = list(means)
-            self.m2 = list(m2s) if m2s is not None else [xp.zeros_like(m) for m in means]
+            self.m2 = list(m2s) if m2s is not None else [
+                xp.full(m.shape, 0.0, dtype=self.dtype, device=self.device) for m in means]
             self.weight = np.asarray(w_block, dtype=np.float64)
             return
         total = self.weight + w_block
