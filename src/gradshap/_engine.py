@@ -435,6 +435,23 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
         np_dtype = np.float64 if xp.finfo(acc).bits == 64 else np.float32
         host = tuple([np.empty((n, *f), dtype=np_dtype) for f in feat] for _ in range(2))
 
+    # Without adaptive rounds and with one chunk per row group, the host draws for several
+    # row groups in one vectorised call (about _CHUNKS_PER_DRAW chunks' worth of pairs, so
+    # its memory too is set by batch_size). Draws are per row: the grouping changes no number.
+    draw_rows = k_rows * max(1, min(_DRAWS_PER_CALL, _CHUNKS_PER_DRAW * batch_size) // (k_rows * n0))
+    drawn: dict = {}
+
+    def draw(active, block, s0, s1):
+        if rtol is not None or len(ranges) > 1 or draw_rows == k_rows:
+            return _sampling.draw(design, key, active, block, s0, s1)
+        start = active[0] // draw_rows * draw_rows
+        if drawn.get("start") != start:
+            rows = np.arange(start, min(n, start + draw_rows))
+            drawn.update(start=start, value=_sampling.draw(design, key, rows, block, s0, s1))
+        index, alpha, weights = drawn["value"]
+        o = active[0] - start
+        return index[o : o + active.size], alpha[o : o + active.size], weights
+
     def run_chunk(x_rows, cot, active, block, s0, s1, stats):
         """Samples ``s0..s1-1`` of ``block`` for the rows ``active`` into ``stats`` (or, for
         a ``final`` chunk, returned as the estimate and its variance)."""
@@ -443,7 +460,7 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
         # A padding adapter sees every chunk with k_run rows and s_size samples (repeated rows
         # and samples only cost time; they are dropped, or weigh 0, after).
         k_run, s_run = (min(k_rows, n), max(s, s_size)) if adapter.pads else (k, s)
-        index, alpha, weights = _sampling.draw(design, key, active, block, s0, s1)
+        index, alpha, weights = draw(active, block, s0, s1)
         whole = reduce and s0 % g == 0 and s % g == 0 and s_run % g == 0
         cols = np.arange(s_run) % s
         index = xp.asarray(_pad_rows(index, k_run)[:, cols], device=device)
