@@ -120,8 +120,11 @@ class _ColumnStats:
     every column has the same nodes, the mean over columns at each node is kept too.
     """
 
-    def __init__(self, xp, k: int, columns: int, sizes: list, dtype, device, *, nodes: bool = False):
+    def __init__(self, xp, k: int, columns: int, sizes: list, dtype, device, *, nodes: bool = False,
+                 chan: Callable | None = None, to_step: Callable | None = None):
         self.columns = columns
+        self._chan = chan or (lambda xp, *arrays: _chan(xp, None, *arrays))
+        self._to_step = to_step
         self.weight = np.zeros(columns)
         self.mean: list = []  # set by the first merge
         self.m2: list = []
@@ -180,13 +183,12 @@ class _ColumnStats:
             self.weight = np.asarray(w_block, dtype=np.float64)
             return
         total = self.weight + w_block
-        share = self._col(xp, _safe_ratio(w_block, total))
-        cross = self._col(xp, _safe_ratio(self.weight * w_block, total))
-        for pos, mu in enumerate(means):
-            d = mu - self.mean[pos]
-            self.mean[pos] = self.mean[pos] + d * share
-            extra = d * d * cross
-            self.m2[pos] = self.m2[pos] + (extra if m2s is None else m2s[pos] + extra)
+        col = (lambda v: self._to_step(np.reshape(v, (1, self.columns, 1)), self.dtype)) if self._to_step \
+            else (lambda v: self._col(xp, v))
+        share, cross = col(_safe_ratio(w_block, total)), col(_safe_ratio(self.weight * w_block, total))
+        mean, m2 = self._chan(xp, tuple(self.mean), tuple(self.m2), tuple(means),
+                              None if m2s is None else tuple(m2s), share, cross)
+        self.mean, self.m2 = list(mean), list(m2)
         self.weight = total
 
     def keep(self, xp, positions: np.ndarray) -> None:
@@ -292,15 +294,17 @@ def _pass_stats(xp, c4, wx, uniform: bool = False):
     return mu, xp.sum(wx * (c4 - xp.expand_dims(mu, axis=1)) ** 2, axis=1)
 
 
-def _chunk(xp, value_and_grad, x_rows, background, index, alpha, cot, noise, wx, coef, *, uniform=False):
+def _chunk(xp, value_and_grad, x, background, rows, cot_all, index, alpha, noise, wx, coef, place, *,
+           uniform=False):
     """One rectangle of k rows x s samples: the contributions, or their per-column statistics.
 
     Pure array code with shapes fixed by its arguments, so that an adapter can compile it
     whole (:meth:`Adapter.fuse`): interpolation, the model's VJP, the multiply and the
     reductions then run as one program, with no eager op dispatched per chunk.
 
-    ``x_rows``: per input ``(k, *f)``; ``background``: per input ``(B, *f)``; ``index``,
-    ``alpha``: ``(k, s)``, ``alpha`` in the accumulation dtype; ``cot``: ``(k, K)``; ``noise``:
+    ``x``: per input ``(n, *f)``, of which the chunk explains the rows ``rows`` ``(k,)``;
+    ``background``: per input ``(B, *f)``; ``cot_all``: ``(n, K)``; ``index``,
+    ``alpha``: ``(k, s)``, ``alpha`` in the accumulation dtype; ``noise``:
     ``None`` or per input ``(k, s, *f)`` (already scaled by ``stdevs``). ``wx``: ``None``, then
     the result is the contributions ``(x - b) * grad f(b + alpha (x - b))``, per input ``(k, s,
     F)``; or the weights ``(1, passes, columns, 1)`` of a chunk of whole passes
@@ -308,13 +312,19 @@ def _chunk(xp, value_and_grad, x_rows, background, index, alpha, cot, noise, wx,
     ``coef``: ``None``, or, for a chunk that is a whole block of a stratified design, the
     factors ``(1, columns, 1)`` that turn a column's spread into its share of the
     estimate's variance; the result is then the estimate and its variance, ``(k, F)`` each.
+    ``place``: ``None``, or, for a chunk that is part of one pass (one sample per column;
+    ``wx`` is then ``None``), each column's sample position ``(columns,)``, ``s`` for a
+    column the chunk does not reach; the result is then the samples placed in their
+    columns, per input ``(k, columns, F)``, and ``None`` (no spreads).
     ``uniform``: every weight in ``wx`` is 1 (:data:`_chunk_uniform`).
     """
     k, s = index.shape
     acc = alpha.dtype
     flat_index = xp.reshape(index, (k * s,))
+    cot = xp.take(cot_all, rows, axis=0)
     points, diffs = [], []
-    for pos, (xb, bg) in enumerate(zip(x_rows, background)):
+    for pos, (xa, bg) in enumerate(zip(x, background)):
+        xb = xp.take(xa, rows, axis=0)
         fshape = tuple(bg.shape[1:])
         xr = xp.expand_dims(xp.astype(xb, acc, copy=False), axis=1)
         base = xp.reshape(xp.astype(xp.take(bg, flat_index, axis=0), acc, copy=False), (k, s, *fshape))
@@ -329,7 +339,10 @@ def _chunk(xp, value_and_grad, x_rows, background, index, alpha, cot, noise, wx,
     _, grads = value_and_grad(tuple(points), cots)
     contributions = [d * xp.reshape(xp.astype(g, d.dtype, copy=False), d.shape) for d, g in zip(diffs, grads)]
     if wx is None:
-        return contributions
+        if place is None:
+            return contributions
+        # A zero slot after the samples stands for the columns this chunk does not reach.
+        return [xp.take(xp.concat([c, c[:, :1, :] * 0], axis=1), place, axis=1) for c in contributions], None
     g = wx.shape[2]
     stats = [_pass_stats(xp, xp.reshape(c, (k, s // g, g, c.shape[-1])), wx, uniform) for c in contributions]
     if coef is None:
@@ -342,13 +355,27 @@ def _chunk(xp, value_and_grad, x_rows, background, index, alpha, cot, noise, wx,
 _chunk_uniform = functools.partial(_chunk, uniform=True)
 
 
+def _chan(xp, value_and_grad, mean, m2, means, m2s, share, cross):
+    """Chan's formula per column: running ``(mean, m2)`` merged with a block's
+    ``(means, m2s)`` (``m2s`` ``None`` for one sample per column), per input ``(k, columns,
+    F)``; ``share`` and ``cross``, ``(1, columns, 1)``, carry the weights. Pure, so that an
+    adapter can compile it (:meth:`Adapter.fuse`; ``value_and_grad`` is unused)."""
+    new_mean, new_m2 = [], []
+    for pos, mu in enumerate(means):
+        d = mu - mean[pos]
+        new_mean.append(mean[pos] + d * share)
+        extra = d * d * cross
+        new_m2.append(m2[pos] + (extra if m2s is None else m2s[pos] + extra))
+    return new_mean, new_m2
+
+
 def _sample_chunk(n_samples: int, columns: int, size: int) -> int:
     """Samples per chunk: ``size`` rounded down to whole passes of the layout, or to an equal
     share of one pass, so that every chunk but a last partial pass has the same shape."""
-    if columns <= 1 or size >= n_samples:
+    if columns <= 1:
         return min(size, n_samples)
     if size >= columns:
-        return size // columns * columns
+        return min(size, n_samples) // columns * columns
     return -(-columns // -(-columns // size))
 
 
@@ -415,6 +442,7 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     uniform = design.kind != "rule"
     step = adapter.fuse(_chunk_uniform if uniform else _chunk)
     fused_weighted = adapter.fuse(_chunk) if uniform and adapter.pads else step
+    chan = adapter.fuse(_chan)
     # A deterministic rule keeps its per-node means (see _ColumnStats): its chunks come back whole.
     reduce = design.kind != "rule"
     # One chunk per row group holding a whole block of a stratified design with two or more
@@ -425,7 +453,7 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
             and np.all(design.counts >= 2):
         a, b, _ = design.column_constants(1)
         w_col = np.sum(np.reshape(design.weights(0, n0), (n0 // g, g)), axis=0)
-        final = xp.asarray(np.reshape(a / (b * w_col) / g**2, (1, g, 1)), dtype=acc, device=device)
+        final = adapter.step_array(xp, np.reshape(a / (b * w_col) / g**2, (1, g, 1)), dtype=acc, device=device)
     # On CPU an eager framework's per-row results go straight into one host buffer: small
     # arrays kept alive between chunks fragment the C heap, and peak memory then grew with
     # the number of rows (torch MLP: 1.9x at 4x rows; 1.1x with the buffer). Compiling
@@ -434,6 +462,18 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     if rtol is None and "cpu" in str(device).lower() and not adapter.pads and n > k_rows:
         np_dtype = np.float64 if xp.finfo(acc).bits == 64 else np.float32
         host = tuple([np.empty((n, *f), dtype=np_dtype) for f in feat] for _ in range(2))
+
+    def to_step(a: np.ndarray, dtype=None):
+        return adapter.step_array(xp, a, dtype=dtype, device=device)
+
+    weight_arrays: dict = {}
+
+    def weight_array(w: np.ndarray):
+        """The weights ``(1, passes, columns, 1)`` of a whole-pass chunk, made once per layout."""
+        cached = weight_arrays.get(w.tobytes())
+        if cached is None:
+            cached = weight_arrays[w.tobytes()] = to_step(np.reshape(w, (1, *w.shape, 1)), acc)
+        return cached
 
     # Without adaptive rounds and with one chunk per row group, the host draws for several
     # row groups in one vectorised call (about _CHUNKS_PER_DRAW chunks' worth of pairs, so
@@ -452,111 +492,113 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
         o = active[0] - start
         return index[o : o + active.size], alpha[o : o + active.size], weights
 
-    def run_chunk(x_rows, cot, active, block, s0, s1, stats):
+    def run_chunk(rows, active, block, s0, s1, stats):
         """Samples ``s0..s1-1`` of ``block`` for the rows ``active`` into ``stats`` (or, for
-        a ``final`` chunk, returned as the estimate and its variance)."""
+        a ``final`` chunk, returned as the estimate and its variance, ``k_run`` rows)."""
         k, s = active.size, s1 - s0
         out = None
-        # A padding adapter sees every chunk with k_run rows and s_size samples (repeated rows
-        # and samples only cost time; they are dropped, or weigh 0, after).
-        k_run, s_run = (min(k_rows, n), max(s, s_size)) if adapter.pads else (k, s)
+        # A padding adapter sees every chunk with k_run rows and s_size samples: repeated
+        # rows only cost time and are dropped at the end; repeated samples weigh 0.
+        k_run = rows.shape[0]
+        s_run = max(s, s_size) if adapter.pads else s
         index, alpha, weights = draw(active, block, s0, s1)
         whole = reduce and s0 % g == 0 and s % g == 0 and s_run % g == 0
         cols = np.arange(s_run) % s
-        index = xp.asarray(_pad_rows(index, k_run)[:, cols], device=device)
-        alpha = xp.asarray(_pad_rows(alpha, k_run)[:, cols], dtype=acc, device=device)
+        index = to_step(_pad_rows(index, k_run)[:, cols])
+        alpha = to_step(_pad_rows(alpha, k_run)[:, cols], acc)
         noise = None
         if stdevs > 0:
             noise = tuple(
-                xp.asarray(
-                    stdevs * np.reshape(_pad_rows(np.reshape(
-                        _sampling.normals(key, active, s * size, _sampling.STREAM_NOISE + pos,
-                                          start=(block * n0 + s0) * size), (k, s, size)), k_run)[:, cols],
-                        (k_run, s_run, *fshape)),
-                    dtype=acc, device=device,
-                )
+                to_step(stdevs * np.reshape(_pad_rows(np.reshape(
+                    _sampling.normals(key, active, s * size, _sampling.STREAM_NOISE + pos,
+                                      start=(block * n0 + s0) * size), (k, s, size)), k_run)[:, cols],
+                    (k_run, s_run, *fshape)), acc)
                 for pos, (fshape, size) in enumerate(zip(feat, sizes))
             )
-        if k_run != k:
-            *x_rows, cot = _pad(xp, (*x_rows, cot), k_run)
+        head = (xp, x, background, rows, cot_rows, index, alpha, noise)
         if whole:
             w = np.zeros((s_run // g, g))
             w[: s // g] = np.reshape(weights, (s // g, g))
-            if uniform and s_run != s:  # padded passes must weigh 0: the weighted step
-                step_now = fused_weighted
-            else:
-                step_now = step
-            wx = xp.asarray(np.reshape(w, (1, *w.shape, 1)), dtype=acc, device=device)
-            means, m2s = step_now(xp, tuple(x_rows), background, index, alpha, cot, noise, wx, final)
-            if k_run != k:
-                means, m2s = [m[:k, ...] for m in means], [v[:k, ...] for v in m2s]
+            # Padded passes must weigh 0: the weighted step.
+            step_now = fused_weighted if uniform and s_run != s else step
+            means, m2s = step_now(*head, weight_array(w), final, None)
             if final is not None:
                 out = means, m2s  # the estimate and its variance
             else:
                 stats.merge(xp, means, m2s, np.sum(w, axis=0))
+        elif reduce:  # part of one pass: each sample placed in its column by the step
+            c0 = s0 % g
+            place = np.full(g, s_run, dtype=np.int64)
+            place[c0 : c0 + s] = np.arange(s)
+            means, _ = step(*head, None, None, to_step(place))
+            w_block = np.zeros(g)
+            w_block[c0 : c0 + s] = weights
+            stats.merge(xp, means, None, w_block)
         else:
-            contributions = step(xp, tuple(x_rows), background, index, alpha, cot, noise, None, None)
-            if k_run != k or s_run != s:
-                contributions = [c[:k, :s, ...] for c in contributions]
+            contributions = step(*head, None, None, None)
+            if s_run != s:
+                contributions = [c[:, :s, ...] for c in contributions]
             stats.add(xp, contributions, weights, s0, s1)
         if bar is not None:
             bar.update(k * s)
         return out
 
+    def padded(active: np.ndarray) -> np.ndarray:
+        """The rows a chunk computes: ``active``, repeated up to one shape for a padding adapter."""
+        return _pad_rows(active, min(k_rows, n)) if adapter.pads else active
+
+    # Results per finished part: (rows of x, values, variances, positions of those rows in
+    # the part's arrays); one gather at the end puts every row in place.
     parts, used, met = [], np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
     for r0 in range(0, n, k_rows):
         active = np.arange(r0, min(n, r0 + k_rows))
-        stats = None if final is not None else _ColumnStats(xp, active.size, g, sizes, acc, device, nodes=not reduce)
+        stats = None if final is not None else _ColumnStats(xp, active.size, g, sizes, acc, device,
+                                                            nodes=not reduce, chan=chan, to_step=to_step)
         blocks, new = 0, 1
         while True:
-            if active.size == n:  # whole arrays, unsliced: with a compiling adapter each eager op costs a dispatch
-                x_rows, cot = list(x), cot_rows
-            elif active[-1] - active[0] + 1 == active.size:
-                x_rows = [a[active[0] : active[-1] + 1, ...] for a in x]
-                cot = cot_rows[active[0] : active[-1] + 1, ...]
-            else:
-                idx = xp.asarray(active, device=device)
-                x_rows = [xp.take(a, idx, axis=0) for a in x]
-                cot = xp.take(cot_rows, idx, axis=0)
+            rows = to_step(padded(active))
             for block in range(blocks, blocks + new):
                 for s0, s1 in ranges:
-                    out = run_chunk(x_rows, cot, active, block, s0, s1, stats)
+                    out = run_chunk(rows, active, block, s0, s1, stats)
             blocks += new
             values, var = out if final is not None else stats.finish(xp, design, blocks)
-            ok = np.ones(active.size, dtype=bool) if rtol is None else _converged(
-                xp, values, var, gap, active, rtol, stdevs)
+            k = active.size
+            ok = np.ones(k, dtype=bool) if rtol is None else _converged(xp, values, var, gap, active, rtol, stdevs)
             done = ok | (rtol is None or 2 * blocks > max_blocks)
             if host is not None:  # rtol is None: every row of the group is done
                 for pos in range(len(x)):
-                    host[0][pos][active[0] : active[-1] + 1] = np.reshape(np.from_dlpack(values[pos]), (-1, *feat[pos]))
-                    host[1][pos][active[0] : active[-1] + 1] = np.reshape(np.from_dlpack(var[pos]), (-1, *feat[pos]))
+                    for buffer, v in ((host[0], values), (host[1], var)):
+                        buffer[pos][active[0] : active[-1] + 1] = np.reshape(np.from_dlpack(v[pos])[:k], (k, *feat[pos]))
                 used[active] = blocks * n0
                 break
             if np.any(done):
                 sel = np.flatnonzero(done)
-                if sel.size != active.size:
-                    pick = xp.asarray(sel, device=device)
-                    values, var = ([xp.take(v, pick, axis=0) for v in vs] for vs in (values, var))
-                parts.append((active[sel], values, var))
+                parts.append((active[sel], values, var, sel))
                 used[active[sel]] = blocks * n0
                 met[active[sel]] = ok[sel]
             if np.all(done):
                 break
             keep = np.flatnonzero(~done)
-            stats.keep(xp, keep)
             active, new = active[keep], blocks  # double the samples of the rows still going
+            stats.keep(xp, padded(keep))
     if host is not None:
         values = [xp.asarray(v, device=device) for v in host[0]]
         variances = [xp.asarray(v, device=device) for v in host[1]]
         return values, variances, used, met
-    order = np.concatenate([p[0] for p in parts])
-    inverse = None if np.array_equal(order, np.arange(n)) else xp.asarray(np.argsort(order, kind="stable"), device=device)
+    # Where each output row sits in the parts' arrays joined end to end.
+    sizes_run = [p[1][0].shape[0] for p in parts]
+    starts = np.concatenate([[0], np.cumsum(sizes_run)[:-1]]).astype(np.int64)
+    where = np.empty(n, dtype=np.int64)
+    for (out_rows, _, _, positions), start in zip(parts, starts):
+        where[out_rows] = start + positions
+    trivial = len(parts) == 1 and np.array_equal(where, np.arange(n)) and sizes_run[0] == n
+    pick = None if trivial else xp.asarray(where, device=device)
 
     def gather(which: int, pos: int, shape: tuple):
         arrays = [p[which][pos] for p in parts]
         joined = arrays[0] if len(arrays) == 1 else xp.concat(arrays, axis=0)
-        if inverse is not None:  # rows finished in different rounds: put them back in order
-            joined = xp.take(joined, inverse, axis=0)
+        if pick is not None:
+            joined = xp.take(joined, pick, axis=0)
         return xp.reshape(joined, (n, *shape))
 
     values = [gather(1, pos, f) for pos, f in enumerate(feat)]
@@ -566,11 +608,12 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
 
 def _converged(xp, values: list, var: list, gap, active: np.ndarray, rtol: float, stdevs: float) -> np.ndarray:
     """Rows whose standard error (and completeness residual) are within ``rtol`` of ``||values||``."""
-    err2 = _host(sum(xp.sum(v, axis=1) for v in var))
-    scale = np.sqrt(_host(sum(xp.sum(v * v, axis=1) for v in values)))
+    k = active.size  # the arrays may hold padded rows after these
+    err2 = _host(sum(xp.sum(v, axis=1) for v in var))[:k]
+    scale = np.sqrt(_host(sum(xp.sum(v * v, axis=1) for v in values)))[:k]
     ok = err2 <= (rtol * scale) ** 2
     if stdevs == 0:
-        total = _host(sum(xp.sum(v, axis=1) for v in values))
+        total = _host(sum(xp.sum(v, axis=1) for v in values))[:k]
         ok &= np.abs(total - _host(gap)[active]) <= rtol * scale
     return ok
 

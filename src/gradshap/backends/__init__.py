@@ -63,6 +63,14 @@ class Adapter:
         """
         return lambda xp, *arrays: step(xp, self.value_and_grad, *arrays)
 
+    def step_array(self, xp, a, *, dtype=None, device=None):
+        """A small host (NumPy) array as an argument of a fused step: in ``xp`` on ``device``.
+
+        A compiling adapter may return it as it is and let its compiled step move it (JAX:
+        one fast transfer instead of an eager op per array).
+        """
+        return xp.asarray(a, dtype=dtype, device=device)
+
     def compose(self, fn: Callable) -> "Adapter":
         """The same model followed by ``fn`` (a callable target)."""
         raise NotImplementedError

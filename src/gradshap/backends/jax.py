@@ -12,6 +12,8 @@ import functools
 import sys
 from typing import Any, Callable
 
+import numpy as np
+
 from gradshap.backends import Adapter, require
 
 
@@ -23,7 +25,6 @@ def recognizes(model: Any, arrays: tuple) -> bool:
 def _split_arrays(obj: Any):
     """``obj`` as (its array leaves, a function that rebuilds it from new leaves)."""
     import jax
-    import numpy as np
 
     leaves, treedef = jax.tree_util.tree_flatten(obj)
     is_array = [isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves]
@@ -121,6 +122,11 @@ class JaxAdapter(Adapter):
 
     def is_out_of_memory(self, err: BaseException) -> bool:
         return "RESOURCE_EXHAUSTED" in str(err) and "emory" in str(err)
+
+    def step_array(self, xp, a, *, dtype=None, device=None):
+        # The jitted step moves NumPy arguments itself, to the device of its other
+        # (committed) arguments: much cheaper than an eager jnp.asarray per array.
+        return np.asarray(a, dtype=None if dtype is None else np.dtype(dtype))
 
     def fuse(self, step: Callable) -> Callable:
         return fuse_jitted(self._fused, step, self._raw_value_and_grad, self._params)
