@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gradshap.backends import Adapter, require
-from gradshap.backends.jax import fuse_jitted
+from gradshap.backends.jax import JaxAdapter, fuse_jitted
 from gradshap.backends.tensorflow import TensorFlowAdapter, single_output
 from gradshap.backends.torch import TorchAdapter
 
@@ -77,6 +77,8 @@ class _KerasJax(Adapter):
     def value_and_grad(self, points: tuple, cotangent):
         out, grads = self._value_and_grad(self._variables(), tuple(points), cotangent)
         return out, tuple(grads)
+
+    step_array = JaxAdapter.step_array
 
     def fuse(self, step: Callable) -> Callable:
         return fuse_jitted(self._fused, step, self._raw_value_and_grad, self._variables)
@@ -143,6 +145,10 @@ class KerasAdapter(Adapter):
         # NumPy in runs eagerly, converting at the VJP as value_and_grad does.
         fused, eager = self.inner.fuse(step), super().fuse(step)
         return lambda xp, *arrays: fused(xp, *arrays) if xp is self.xp else eager(xp, *arrays)
+
+    def step_array(self, xp, a, *, dtype=None, device=None):
+        owner = self.inner if xp is self.xp else super()
+        return owner.step_array(xp, a, dtype=dtype, device=device)
 
     def compose(self, fn: Callable) -> "KerasAdapter":
         return KerasAdapter(self.inner.compose(fn))

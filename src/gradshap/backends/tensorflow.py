@@ -24,6 +24,8 @@ import numbers
 import sys
 from typing import Any, Callable
 
+import numpy as np
+
 from gradshap.backends import Adapter, require
 
 
@@ -187,7 +189,7 @@ class TensorFlowAdapter(Adapter):
     pads = True
 
     def __init__(self, model: Callable, output_fn: Callable | None = None, call: Callable | None = None):
-        tf = require("tensorflow")
+        tf = self._tf = require("tensorflow")
         self.xp = namespace()
         self.model, self.output_fn = model, output_fn
         self._call_model = call if call is not None else (lambda points: model(*points))
@@ -220,6 +222,13 @@ class TensorFlowAdapter(Adapter):
 
     def value_and_grad(self, points: tuple, cotangent):
         return self._value_and_grad(tuple(points), cotangent)
+
+    def step_array(self, xp, a, *, dtype=None, device=None):
+        if xp is not self.xp:
+            return super().step_array(xp, a, dtype=dtype, device=device)
+        # A tf.function takes NumPy arguments as tensors (one conversion at the call, no
+        # eager op per array; the step's ops then run on the device of its other inputs).
+        return np.asarray(a, dtype=None if dtype is None else self._tf.as_dtype(dtype).as_numpy_dtype)
 
     def fuse(self, step: Callable) -> Callable:
         # One tf.function per step function, kept so that later calls reuse its traces.
