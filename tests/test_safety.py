@@ -68,17 +68,23 @@ class Tripwire:
 
 
 def interrupt_at_chunk(adapter, chunk: int) -> dict:
-    """Make ``adapter`` raise KeyboardInterrupt when the engine asks for chunk ``chunk``'s VJP
-    (after the earlier chunks completed); returns the call counter."""
-    original, calls = adapter.value_and_grad, {"n": 0}
+    """Make ``adapter`` raise KeyboardInterrupt when the engine asks for chunk ``chunk``
+    (after the earlier chunks completed); returns the call counter. The engine runs every
+    chunk through ``adapter.fuse`` (compiled whole where the framework compiles)."""
+    original, calls = adapter.fuse, {"n": 0}
 
-    def interrupt(points, cot):
-        calls["n"] += 1
-        if calls["n"] == chunk:
-            raise KeyboardInterrupt
-        return original(points, cot)
+    def fuse(step):
+        fused = original(step)
 
-    adapter.value_and_grad = interrupt
+        def interrupt(xp, *arrays):
+            calls["n"] += 1
+            if calls["n"] == chunk:
+                raise KeyboardInterrupt
+            return fused(xp, *arrays)
+
+        return interrupt
+
+    adapter.fuse = fuse
     return calls
 
 

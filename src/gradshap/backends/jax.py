@@ -70,6 +70,25 @@ def _functional(model: Any) -> tuple[Callable, Callable[[], Any]]:
     return (lambda _, *points: model(*points)), lambda: ()
 
 
+def fuse_jitted(cache: dict, step: Callable, value_and_grad: Callable, params: Callable[[], Any]) -> Callable:
+    """``step`` under one ``jax.jit``, with ``value_and_grad(params, points, cotangent)``.
+
+    One jitted program per step function, kept in ``cache`` so that later calls reuse the
+    compiled code: the engine's array code around the VJP fuses with the model's. The
+    parameters, read by ``params()`` at every call, are arguments, not constants.
+    """
+    fused = cache.get(step)
+    if fused is None:
+        jax = require("jax")
+
+        def with_params(values, xp, *arrays):
+            return step(xp, lambda points, cot: value_and_grad(values, points, cot), *arrays)
+
+        jitted = jax.jit(with_params, static_argnums=1)
+        fused = cache[step] = lambda xp, *arrays: jitted(params(), xp, *arrays)
+    return fused
+
+
 class JaxAdapter(Adapter):
     name = "jax"
     pads = True
@@ -110,19 +129,7 @@ class JaxAdapter(Adapter):
         return np.asarray(a, dtype=None if dtype is None else np.dtype(dtype))
 
     def fuse(self, step: Callable) -> Callable:
-        # One jitted program per step function (kept, so later calls reuse the compiled
-        # code): the engine's array code around the VJP fuses with the model's.
-        fused = self._fused.get(step)
-        if fused is None:
-            jax = require("jax")
-            raw = self._raw_value_and_grad
-
-            def with_params(params, xp, *arrays):
-                return step(xp, lambda points, cot: raw(params, points, cot), *arrays)
-
-            jitted = jax.jit(with_params, static_argnums=1)
-            fused = self._fused[step] = lambda xp, *arrays: jitted(self._params(), xp, *arrays)
-        return fused
+        return fuse_jitted(self._fused, step, self._raw_value_and_grad, self._params)
 
     def compose(self, fn: Callable) -> "JaxAdapter":
         return JaxAdapter(self.model, fn)

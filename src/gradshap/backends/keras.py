@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gradshap.backends import Adapter, require
+from gradshap.backends.jax import JaxAdapter, fuse_jitted
 from gradshap.backends.tensorflow import TensorFlowAdapter, single_output
 from gradshap.backends.torch import TorchAdapter
 
@@ -62,7 +63,9 @@ class _KerasJax(Adapter):
             return out, pullback(cotangent.reshape(out.shape).astype(out.dtype))
 
         self._forward = jax.jit(call)
+        self._raw_value_and_grad = value_and_grad
         self._value_and_grad = jax.jit(value_and_grad)
+        self._fused: dict = {}
 
     def _variables(self):
         m = self.model
@@ -74,6 +77,11 @@ class _KerasJax(Adapter):
     def value_and_grad(self, points: tuple, cotangent):
         out, grads = self._value_and_grad(self._variables(), tuple(points), cotangent)
         return out, tuple(grads)
+
+    step_array = JaxAdapter.step_array
+
+    def fuse(self, step: Callable) -> Callable:
+        return fuse_jitted(self._fused, step, self._raw_value_and_grad, self._variables)
 
     def compose(self, fn: Callable) -> "_KerasJax":
         return _KerasJax(self.model, fn)
@@ -131,6 +139,16 @@ class KerasAdapter(Adapter):
         cotangent = self._ops.convert_to_tensor(cotangent) if host else cotangent
         out, grads = self.inner.value_and_grad(points, cotangent)
         return self._out(host, out), tuple(self._out(host, g) for g in grads)
+
+    def fuse(self, step: Callable) -> Callable:
+        # The backend's step (compiled whole on JAX and TensorFlow) for its own tensors;
+        # NumPy in runs eagerly, converting at the VJP as value_and_grad does.
+        fused, eager = self.inner.fuse(step), super().fuse(step)
+        return lambda xp, *arrays: fused(xp, *arrays) if xp is self.xp else eager(xp, *arrays)
+
+    def step_array(self, xp, a, *, dtype=None, device=None):
+        owner = self.inner if xp is self.xp else super()
+        return owner.step_array(xp, a, dtype=dtype, device=device)
 
     def compose(self, fn: Callable) -> "KerasAdapter":
         return KerasAdapter(self.inner.compose(fn))

@@ -1,7 +1,9 @@
 """TensorFlow adapter: ``tf.Module`` and plain callables of ``tf.Tensor``.
 
-The VJP is a ``tf.GradientTape`` inside a ``tf.function``, which traces once per input
-shape; the engine pads every chunk to one shape, so a long call traces once. Keras
+The VJP is a ``tf.GradientTape`` inside a ``tf.function``. The engine's whole chunk step
+(interpolation, VJP, multiply, reductions) runs as one ``tf.function`` too
+(:meth:`TensorFlowAdapter.fuse`), traced once per chunk shape; the engine pads every
+chunk to one shape, so a long call traces once. Keras
 models on the TensorFlow backend go through the Keras adapter, which reuses this one.
 
 TensorFlow's global generator (``tf.random.get_global_generator()``) is left as found,
@@ -21,6 +23,8 @@ import functools
 import numbers
 import sys
 from typing import Any, Callable
+
+import numpy as np
 
 from gradshap.backends import Adapter, require
 
@@ -185,7 +189,7 @@ class TensorFlowAdapter(Adapter):
     pads = True
 
     def __init__(self, model: Callable, output_fn: Callable | None = None, call: Callable | None = None):
-        tf = require("tensorflow")
+        tf = self._tf = require("tensorflow")
         self.xp = namespace()
         self.model, self.output_fn = model, output_fn
         self._call_model = call if call is not None else (lambda points: model(*points))
@@ -209,6 +213,8 @@ class TensorFlowAdapter(Adapter):
         # function instead of one more per shape.
         self._forward = tf.function(forward, reduce_retracing=True)
         self._value_and_grad = tf.function(value_and_grad, reduce_retracing=True)
+        self._raw_value_and_grad = value_and_grad
+        self._fused: dict = {}
 
     def forward(self, points: tuple):
         # Checked out here, not in the trace, where TensorFlow would rewrite the message.
@@ -216,6 +222,27 @@ class TensorFlowAdapter(Adapter):
 
     def value_and_grad(self, points: tuple, cotangent):
         return self._value_and_grad(tuple(points), cotangent)
+
+    def step_array(self, xp, a, *, dtype=None, device=None):
+        if xp is not self.xp:
+            return super().step_array(xp, a, dtype=dtype, device=device)
+        # A tf.function takes NumPy arguments as tensors (one conversion at the call, no
+        # eager op per array; the step's ops then run on the device of its other inputs).
+        return np.asarray(a, dtype=None if dtype is None else self._tf.as_dtype(dtype).as_numpy_dtype)
+
+    def fuse(self, step: Callable) -> Callable:
+        # One tf.function per step function, kept so that later calls reuse its traces.
+        # Not reduce_retracing: the step reads static shapes (a shape-generic trace would
+        # hand it None), and the engine keeps one chunk shape per call, so this traces
+        # once per chunk shape. The model runs inside, as in value_and_grad: its random
+        # ops take graph-level seeds, and nothing leaves the device.
+        traced = self._fused.get(step)
+        if traced is None:
+            tf = require("tensorflow")
+            xp, raw = self.xp, self._raw_value_and_grad
+            traced = self._fused[step] = tf.function(lambda *arrays: step(xp, raw, *arrays))
+        eager = super().fuse(step)
+        return lambda xp, *arrays: traced(*arrays) if xp is self.xp else eager(xp, *arrays)
 
     def compose(self, fn: Callable) -> "TensorFlowAdapter":
         adapter = TensorFlowAdapter(self.model, fn, self._call_model)
