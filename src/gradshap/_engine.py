@@ -438,9 +438,6 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     _, s_plan = _plan(n0, batch_size, equal=adapter.pads)
     s_size = _sample_chunk(n0, g, s_plan)
     k_rows = max(1, batch_size // s_size)
-    # Equal row groups: 32 rows at 10 per chunk run as 4 x 8, not 3 x 10 and 2 (which a
-    # padding adapter would pad to 10, a quarter more work).
-    k_rows = -(-n // -(-n // k_rows)) if n > k_rows else k_rows
     ranges = _chunk_ranges(n0, g, s_size)
     uniform = design.kind != "rule"
     step = adapter.fuse(_chunk_uniform if uniform else _chunk)
