@@ -294,7 +294,7 @@ def _pass_stats(xp, c4, wx, uniform: bool = False):
     return mu, xp.sum(wx * (c4 - xp.expand_dims(mu, axis=1)) ** 2, axis=1)
 
 
-def _chunk(xp, value_and_grad, x, background, rows, cot_all, index, alpha, noise, wx, coef, place, *,
+def _chunk(xp, value_and_grad, x_rows, background, cot, index, alpha, noise, wx, coef, place, *,
            uniform=False):
     """One rectangle of k rows x s samples: the contributions, or their per-column statistics.
 
@@ -302,9 +302,8 @@ def _chunk(xp, value_and_grad, x, background, rows, cot_all, index, alpha, noise
     whole (:meth:`Adapter.fuse`): interpolation, the model's VJP, the multiply and the
     reductions then run as one program, with no eager op dispatched per chunk.
 
-    ``x``: per input ``(n, *f)``, of which the chunk explains the rows ``rows`` ``(k,)``;
-    ``background``: per input ``(B, *f)``; ``cot_all``: ``(n, K)``; ``index``,
-    ``alpha``: ``(k, s)``, ``alpha`` in the accumulation dtype; ``noise``:
+    ``x_rows``: per input ``(k, *f)``; ``background``: per input ``(B, *f)``; ``cot``:
+    ``(k, K)``; ``index``, ``alpha``: ``(k, s)``, ``alpha`` in the accumulation dtype; ``noise``:
     ``None`` or per input ``(k, s, *f)`` (already scaled by ``stdevs``). ``wx``: ``None``, then
     the result is the contributions ``(x - b) * grad f(b + alpha (x - b))``, per input ``(k, s,
     F)``; or the weights ``(1, passes, columns, 1)`` of a chunk of whole passes
@@ -321,10 +320,8 @@ def _chunk(xp, value_and_grad, x, background, rows, cot_all, index, alpha, noise
     k, s = index.shape
     acc = alpha.dtype
     flat_index = xp.reshape(index, (k * s,))
-    cot = xp.take(cot_all, rows, axis=0)
     points, diffs = [], []
-    for pos, (xa, bg) in enumerate(zip(x, background)):
-        xb = xp.take(xa, rows, axis=0)
+    for pos, (xb, bg) in enumerate(zip(x_rows, background)):
         fshape = tuple(bg.shape[1:])
         xr = xp.expand_dims(xp.astype(xb, acc, copy=False), axis=1)
         base = xp.reshape(xp.astype(xp.take(bg, flat_index, axis=0), acc, copy=False), (k, s, *fshape))
@@ -492,14 +489,14 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
         o = active[0] - start
         return index[o : o + active.size], alpha[o : o + active.size], weights
 
-    def run_chunk(rows, active, block, s0, s1, stats):
+    def run_chunk(x_rows, cot, active, block, s0, s1, stats):
         """Samples ``s0..s1-1`` of ``block`` for the rows ``active`` into ``stats`` (or, for
         a ``final`` chunk, returned as the estimate and its variance, ``k_run`` rows)."""
         k, s = active.size, s1 - s0
         out = None
         # A padding adapter sees every chunk with k_run rows and s_size samples: repeated
         # rows only cost time and are dropped at the end; repeated samples weigh 0.
-        k_run = rows.shape[0]
+        k_run = cot.shape[0]
         s_run = max(s, s_size) if adapter.pads else s
         index, alpha, weights = draw(active, block, s0, s1)
         whole = reduce and s0 % g == 0 and s % g == 0 and s_run % g == 0
@@ -515,7 +512,7 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
                     (k_run, s_run, *fshape)), acc)
                 for pos, (fshape, size) in enumerate(zip(feat, sizes))
             )
-        head = (xp, x, background, rows, cot_rows, index, alpha, noise)
+        head = (xp, tuple(x_rows), background, cot, index, alpha, noise)
         if whole:
             w = np.zeros((s_run // g, g))
             w[: s // g] = np.reshape(weights, (s // g, g))
@@ -556,10 +553,23 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
                                                             nodes=not reduce, chan=chan, to_step=to_step)
         blocks, new = 0, 1
         while True:
-            rows = to_step(padded(active))
+            # The rows' inputs, sliced (or taken) once per round and padded to the one
+            # chunk shape of a compiling adapter; whole arrays pass unsliced.
+            if active.size == n:
+                x_rows, cot = list(x), cot_rows
+            elif active[-1] - active[0] + 1 == active.size:
+                x_rows = [a[active[0] : active[-1] + 1, ...] for a in x]
+                cot = cot_rows[active[0] : active[-1] + 1, ...]
+            else:
+                idx = xp.asarray(active, device=device)
+                x_rows = [xp.take(a, idx, axis=0) for a in x]
+                cot = xp.take(cot_rows, idx, axis=0)
+            k_run = padded(active).size
+            if k_run != active.size:
+                *x_rows, cot = _pad(xp, (*x_rows, cot), k_run)
             for block in range(blocks, blocks + new):
                 for s0, s1 in ranges:
-                    out = run_chunk(rows, active, block, s0, s1, stats)
+                    out = run_chunk(x_rows, cot, active, block, s0, s1, stats)
             blocks += new
             values, var = out if final is not None else stats.finish(xp, design, blocks)
             k = active.size
