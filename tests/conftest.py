@@ -38,3 +38,21 @@ def _strict_numerics():
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261121)
+
+
+def assert_one_trace_per_chunk_shape(explainer, x, traces) -> None:
+    """``traces()``: how often the model has been traced so far (0 before the first call).
+
+    7 rows x 10 samples at batch_size 24 run as chunks of 2 rows x 10 samples (the 4th
+    with one row, padded): one forward trace (x and the background both pad to 8 rows) and
+    one trace of the fused chunk step (interpolation, VJP and statistics in one compiled
+    program); a repeat call traces nothing; 20 samples (1 row x 20) is one new shape.
+    """
+    explainer(x, n_samples=10, seed=0)
+    assert traces() == 2
+    explainer(x, n_samples=10, seed=1)
+    assert traces() == 2
+    explainer(x, n_samples=20, seed=0)
+    assert traces() == 3
+    explainer(x, n_samples=20, seed=1)
+    assert traces() == 3

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import import_or_fail
+from conftest import assert_one_trace_per_chunk_shape, import_or_fail
 
 keras = import_or_fail("keras")
 import gradshap  # noqa: E402
@@ -188,16 +188,7 @@ def test_compiled_backends_trace_once_per_shape_not_per_chunk(rng):
     x, bg = tensors(rng.standard_normal((7, 5)).astype(np.float32), rng.standard_normal((8, 5)).astype(np.float32))
     explainer = gradshap.GradientExplainer(model, bg, batch_size=24)
     model.calls = 0
-    explainer(x, n_samples=10, seed=0)  # chunks of 2 rows x 10 samples; the 4th has one row
-    # One forward trace (x and background both pad to 8 rows), one trace of the fused chunk
-    # step (interpolation, VJP and statistics in one compiled program).
-    assert model.calls == 2
-    explainer(x, n_samples=10, seed=1)
-    assert model.calls == 2
-    explainer(x, n_samples=20, seed=0)  # a new chunk shape (1 row x 20 samples): one more trace
-    assert model.calls == 3
-    explainer(x, n_samples=20, seed=1)
-    assert model.calls == 3
+    assert_one_trace_per_chunk_shape(explainer, x, lambda: model.calls)
 
 
 def test_integer_token_inputs_are_refused_and_the_embedding_output_explained(rng):

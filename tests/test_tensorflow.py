@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import import_or_fail
+from conftest import assert_one_trace_per_chunk_shape, import_or_fail
 
 tf = import_or_fail("tensorflow")
 import gradshap  # noqa: E402
@@ -105,16 +105,7 @@ def test_traces_once_per_shape_not_per_chunk(linear):
     model = Linear(w)
     x = tf.constant(np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32))
     explainer = gradshap.GradientExplainer(model, tf.constant(bg), batch_size=24)
-    explainer(x, n_samples=10, seed=0)  # chunks of 2 rows x 10 samples; the 4th has one row
-    # One forward trace (x and background both pad to 8 rows), one trace of the fused chunk
-    # step (interpolation, VJP and statistics in one compiled program).
-    assert model.calls == 2
-    explainer(x, n_samples=10, seed=1)
-    assert model.calls == 2
-    explainer(x, n_samples=20, seed=0)  # a new chunk shape (1 row x 20 samples): one more trace
-    assert model.calls == 3
-    explainer(x, n_samples=20, seed=1)
-    assert model.calls == 3
+    assert_one_trace_per_chunk_shape(explainer, x, lambda: model.calls)
 
 
 def test_plain_callable_with_several_inputs_and_an_unused_one(rng):

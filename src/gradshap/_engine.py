@@ -113,24 +113,25 @@ def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 class _ColumnStats:
     """Weighted mean and spread of the contributions per (row, column, feature).
 
-    Chunks either cover whole passes of the layout (reshaped to ``(k, passes, columns,
-    F)`` and reduced over the passes) or part of one pass (one sample per column,
-    placed by concatenation). Block statistics merge with Chan's formula; the weights
-    are the same for every row and stay on the host. For a deterministic rule, where
-    every column has the same nodes, the mean over columns at each node is kept too.
+    The chunk step hands over per-column block statistics (:meth:`merge`); only a
+    deterministic rule hands over raw contributions (:meth:`add`), because it also keeps
+    the mean over columns at each node (its chunks cover whole passes, reduced here, or
+    part of one pass, one sample per column, placed by concatenation). Block statistics
+    merge with Chan's formula (:func:`_chan`, run by the adapter); the weights are the
+    same for every row and stay on the host.
     """
 
-    def __init__(self, xp, k: int, columns: int, sizes: list, dtype, device, *, nodes: bool = False,
-                 chan: Callable | None = None, to_step: Callable | None = None):
+    def __init__(self, columns: int, n_inputs: int, dtype, device, *, nodes: bool, chan: Callable,
+                 to_step: Callable):
+        """``chan``: :func:`_chan` as the adapter runs it; ``to_step``: a host array as its argument."""
         self.columns = columns
-        self._chan = chan or (lambda xp, *arrays: _chan(xp, None, *arrays))
-        self._to_step = to_step
+        self._chan, self._to_step = chan, to_step
         self.weight = np.zeros(columns)
         self.mean: list = []  # set by the first merge
         self.m2: list = []
         self.dtype, self.device = dtype, device
-        self.node_means: list | None = [[] for _ in sizes] if nodes else None
-        self._node_sum: list = [None] * len(sizes)
+        self.node_means: list | None = [[] for _ in range(n_inputs)] if nodes else None
+        self._node_sum: list = [None] * n_inputs
 
     def _col(self, xp, values: np.ndarray):
         return xp.asarray(np.reshape(values, (1, self.columns, 1)), dtype=self.dtype, device=self.device)
@@ -145,7 +146,8 @@ class _ColumnStats:
             means, m2s = [], []
             for pos, c in enumerate(contributions):
                 c4 = xp.reshape(c, (k, passes, g, c.shape[-1]))
-                mu, m2 = _pass_stats(xp, c4, self._weights(xp, w))
+                mu, m2 = _pass_stats(xp, c4, xp.asarray(np.reshape(w, (1, *w.shape, 1)), dtype=self.dtype,
+                                                        device=self.device))
                 means.append(mu)
                 m2s.append(m2)
                 if self.node_means is not None:
@@ -171,9 +173,6 @@ class _ColumnStats:
             means.append(xp.concat(pieces, axis=1) if len(pieces) > 1 else c)
         self.merge(xp, means, None, w_block)
 
-    def _weights(self, xp, w: np.ndarray):
-        return xp.asarray(np.reshape(w, (1, *w.shape, 1)), dtype=self.dtype, device=self.device)
-
     def merge(self, xp, means: list, m2s: list | None, w_block: np.ndarray) -> None:
         """Chan's formula per column: block means and spreads ``(k, columns, F)`` of weight ``w_block``."""
         if not np.any(self.weight):  # the first block: nothing to merge with
@@ -183,9 +182,8 @@ class _ColumnStats:
             self.weight = np.asarray(w_block, dtype=np.float64)
             return
         total = self.weight + w_block
-        col = (lambda v: self._to_step(np.reshape(v, (1, self.columns, 1)), self.dtype)) if self._to_step \
-            else (lambda v: self._col(xp, v))
-        share, cross = col(_safe_ratio(w_block, total)), col(_safe_ratio(self.weight * w_block, total))
+        share, cross = (self._to_step(np.reshape(v, (1, self.columns, 1)), self.dtype)
+                        for v in (_safe_ratio(w_block, total), _safe_ratio(self.weight * w_block, total)))
         mean, m2 = self._chan(xp, tuple(self.mean), tuple(self.m2), tuple(means),
                               None if m2s is None else tuple(m2s), share, cross)
         self.mean, self.m2 = list(mean), list(m2)
@@ -463,14 +461,23 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     def to_step(a: np.ndarray, dtype=None):
         return adapter.step_array(xp, a, dtype=dtype, device=device)
 
-    weight_arrays: dict = {}
+    made: dict = {}  # the step arguments that depend on the layout only, made once per call
 
     def weight_array(w: np.ndarray):
-        """The weights ``(1, passes, columns, 1)`` of a whole-pass chunk, made once per layout."""
-        cached = weight_arrays.get(w.tobytes())
-        if cached is None:
-            cached = weight_arrays[w.tobytes()] = to_step(np.reshape(w, (1, *w.shape, 1)), acc)
-        return cached
+        """The weights ``(1, passes, columns, 1)`` of a whole-pass chunk."""
+        key = ("w", w.tobytes())
+        if key not in made:
+            made[key] = to_step(np.reshape(w, (1, *w.shape, 1)), acc)
+        return made[key]
+
+    def place_array(c0: int, s: int, s_run: int):
+        """Sample position per column of a partial-pass chunk; ``s_run`` (the zero slot) elsewhere."""
+        key = ("place", c0, s, s_run)
+        if key not in made:
+            place = np.full(g, s_run, dtype=np.int64)
+            place[c0 : c0 + s] = np.arange(s)
+            made[key] = to_step(place)
+        return made[key]
 
     # Without adaptive rounds and with one chunk per row group, the host draws for several
     # row groups in one vectorised call (about _CHUNKS_PER_DRAW chunks' worth of pairs, so
@@ -525,9 +532,7 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
                 stats.merge(xp, means, m2s, np.sum(w, axis=0))
         elif reduce:  # part of one pass: each sample placed in its column by the step
             c0 = s0 % g
-            place = np.full(g, s_run, dtype=np.int64)
-            place[c0 : c0 + s] = np.arange(s)
-            means, _ = step(*head, None, None, to_step(place))
+            means, _ = step(*head, None, None, place_array(c0, s, s_run))
             w_block = np.zeros(g)
             w_block[c0 : c0 + s] = weights
             stats.merge(xp, means, None, w_block)
@@ -549,8 +554,8 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     parts, used, met = [], np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
     for r0 in range(0, n, k_rows):
         active = np.arange(r0, min(n, r0 + k_rows))
-        stats = None if final is not None else _ColumnStats(xp, active.size, g, sizes, acc, device,
-                                                            nodes=not reduce, chan=chan, to_step=to_step)
+        stats = None if final is not None else _ColumnStats(g, len(x), acc, device, nodes=not reduce,
+                                                            chan=chan, to_step=to_step)
         blocks, new = 0, 1
         while True:
             # The rows' inputs, sliced (or taken) once per round and padded to the one

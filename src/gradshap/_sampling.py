@@ -51,7 +51,6 @@ __all__ = [
     "draw",
     "normals",
     "plan",
-    "resolve",
     "samples",
     "rule_design",
     "seed_key",
@@ -179,7 +178,6 @@ class Design:
     kind: str
     rules: dict = field(default_factory=dict)  # count -> (nodes, weights) for kind "rule"
     paired: bool = False  # row r uses background row r (Integrated Gradients per-row baselines)
-    random: bool = True
 
     @property
     def counts(self) -> np.ndarray:
@@ -237,11 +235,6 @@ class Design:
         return a, b, np.full(n.shape, 1.0 / 6.0)
 
 
-def resolve(sampler: str, n_samples: int, n_background: int) -> str:
-    """The concrete design that ``sampler`` stands for at this budget."""
-    return plan(sampler, n_samples, n_background).name
-
-
 def _check_name(sampler) -> None:
     if isinstance(sampler, str) and sampler in SAMPLERS:
         return
@@ -279,13 +272,13 @@ def plan(sampler: str, n_samples: int, n_background: int) -> Design:
     # The same m-point rule for every row (the n - m |B| samples left over are not used), so the
     # part of the quadrature error common to all rows can be estimated (see the engine).
     m = n // nb
-    return Design("exhaustive", m * nb, nb, nb, "rule", {m: _quadrature.gauss_legendre(m)}, random=False)
+    return Design("exhaustive", m * nb, nb, nb, "rule", {m: _quadrature.gauss_legendre(m)})
 
 
 def rule_design(method: str, n_steps: int, *, paired: bool) -> Design:
     """Integrated Gradients: one baseline per row and a deterministic rule in alpha."""
     return Design(method, n_steps, 1, 1, "rule", {n_steps: _quadrature.rule(method, n_steps)},
-                  paired=paired, random=False)
+                  paired=paired)
 
 
 # --------------------------------------------------------------------------- draws
