@@ -434,12 +434,12 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     s_size = _sample_chunk(n0, g, s_plan)
     k_rows = max(1, batch_size // s_size)
     ranges = _chunk_ranges(n0, g, s_size)
-    uniform = design.kind != "rule"
-    step = adapter.fuse(_chunk_uniform if uniform else _chunk)
-    fused_weighted = adapter.fuse(_chunk) if uniform and adapter.pads else step
-    chan = adapter.fuse(_chan)
-    # A deterministic rule keeps its per-node means (see _ColumnStats): its chunks come back whole.
+    # Every design but a deterministic rule has weights all 1, and has its chunks reduced
+    # by the step; a rule keeps its per-node means (see _ColumnStats): its chunks come back whole.
     reduce = design.kind != "rule"
+    step = adapter.fuse(_chunk_uniform if reduce else _chunk)
+    fused_weighted = adapter.fuse(_chunk) if reduce and adapter.pads else step
+    chan = adapter.fuse(_chan)
     # One chunk per row group holding a whole block of a stratified design with two or more
     # samples in every column (200 samples on 100 background rows, or iid): the chunk step
     # returns the estimate and its variance, with no statistics kept between chunks.
@@ -524,7 +524,7 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
             w = np.zeros((s_run // g, g))
             w[: s // g] = np.reshape(weights, (s // g, g))
             # Padded passes must weigh 0: the weighted step.
-            step_now = fused_weighted if uniform and s_run != s else step
+            step_now = fused_weighted if reduce and s_run != s else step
             means, m2s = step_now(*head, weight_array(w), final, None)
             if final is not None:
                 out = means, m2s  # the estimate and its variance
