@@ -44,15 +44,18 @@ def assert_one_trace_per_chunk_shape(explainer, x, traces) -> None:
     """``traces()``: how often the model has been traced so far (0 before the first call).
 
     7 rows x 10 samples at batch_size 24 run as chunks of 2 rows x 10 samples (the 4th
-    with one row, padded): one forward trace (x and the background both pad to 8 rows) and
-    one trace of the fused chunk step (interpolation, VJP and statistics in one compiled
-    program); a repeat call traces nothing; 20 samples (1 row x 20) is one new shape.
+    with one row, padded): one forward trace (x and the background together, 15 rows, pad
+    to 16) and one trace of the fused chunk step (interpolation, VJP and statistics in one
+    compiled program); a repeat call traces nothing. 20 samples over the 8 background rows
+    take the column step: 4 columns of 3 samples and 4 of 2 (chunks of 2 rows x 3 passes x
+    4 columns and 2 rows x 2 x 4; the 7th row's two chunks are "slots" of the same shapes),
+    two new shapes, traced once each.
     """
     explainer(x, n_samples=10, seed=0)
     assert traces() == 2
     explainer(x, n_samples=10, seed=1)
     assert traces() == 2
     explainer(x, n_samples=20, seed=0)
-    assert traces() == 3
+    assert traces() == 4
     explainer(x, n_samples=20, seed=1)
-    assert traces() == 3
+    assert traces() == 4

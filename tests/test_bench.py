@@ -196,3 +196,30 @@ def test_chunk_plan_fills_batch_size_for_any_sample_count(n_samples, batch_size)
     # it (every pair here with batch_size >= 10 has such a split).
     if batch_size >= 10:
         assert k_rows * s_size >= 0.9 * batch_size
+
+
+@pytest.mark.parametrize("counts", [(100, 200), (64, 200), (10, 47), (16, 37), (100, 4000), (3, 7)])
+@pytest.mark.parametrize("batch_size", [6, 48, 167, 334, 4369, 8192])
+def test_column_plan_keeps_a_column_in_one_chunk_within_batch_size(counts, batch_size):
+    from gradshap import _engine, _sampling
+
+    design = _sampling.plan("lattice", counts[1], counts[0])
+    if not _engine._uses_columns(design, 0.0, None, batch_size):
+        pytest.skip("a column's samples do not fit one chunk: the general path")
+    sets = tuple((c1 - c0, p) for c0, c1, p in _engine._column_sets(design))
+    assert sum(w * p for w, p in sets) == counts[1]
+    for n_rows in (1, 5, 200, 10**5):
+        k, widths = _engine._column_plan(sets, batch_size, n_rows)
+        assert 1 <= k <= max(1, n_rows)
+        for (width, passes), gc in zip(sets, widths):
+            assert 1 <= gc <= width
+            assert k * passes * gc <= batch_size
+    # With many rows, chunks are nearly full where the column sizes allow it.
+    k, widths = _engine._column_plan(sets, batch_size, 10**5)
+    chunks = sum(-(-w // gc) for (w, _), gc in zip(sets, widths))
+    if batch_size >= 48:
+        assert k * counts[1] >= 0.75 * chunks * batch_size
+    # Few rows: one chunk per set wherever a set fits one.
+    k, widths = _engine._column_plan(sets, batch_size, 1)
+    if all(w * p <= batch_size for w, p in sets):
+        assert widths == tuple(w for w, _ in sets)

@@ -415,3 +415,50 @@ def test_convergence_study_quick_smoke(tmp_path):
     assert cnn["gradshap lattice"]["200"]["error"] < cnn["gradshap iid"]["200"]["error"]
     shap_rows = {r["model"]: r["relative_distance"] for r in result["eg_vs_shap"]}
     assert shap_rows["linear"] < 1e-12 and shap_rows["ReLU network (8-16-1)"] > 1e-2
+
+
+# --------------------------------------------------------------------------- the column step
+
+
+@pytest.mark.parametrize("sampler", ["lattice", "balanced"])
+@pytest.mark.parametrize("n_samples", [32, 37, 80])
+def test_column_step_gives_the_numbers_of_the_general_path(problem, monkeypatch, sampler, n_samples):
+    """Designs whose columns keep one background row run through _chunk_columns (gradient
+    statistics per column, columns in groups, no merges); the general path (per-sample
+    contributions, Chan merges) is the reference. Equal and unequal column counts."""
+    from gradshap import _engine
+
+    x, bg, model = problem
+    x = np.concatenate([x] * 5)  # 15 rows: several row groups and a short last one
+    taken = []
+    columns = _engine._attribute_columns
+    monkeypatch.setattr(_engine, "_attribute_columns", lambda *a, **k: taken.append(1) or columns(*a, **k))
+    fast = [gradshap.expected_gradients(model, x, bg, n_samples=n_samples, sampler=sampler, seed=2, batch_size=b)
+            for b in (6, 40, 1000)]
+    assert len(taken) == 3
+    monkeypatch.setattr(_engine, "_uses_columns", lambda *a: False)
+    ref = gradshap.expected_gradients(model, x, bg, n_samples=n_samples, sampler=sampler, seed=2)
+    assert len(taken) == 3
+    for out in fast:
+        np.testing.assert_allclose(out.values, ref.values, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(out.stderr, ref.stderr, rtol=1e-9, atol=1e-13)
+
+
+def test_column_step_slots_on_a_padding_adapter(problem):
+    """JAX computes every chunk with one row count; the rows left after the full row groups
+    run as (row, column group) slots of the same shapes. Same numbers as NumPy."""
+    jax = pytest.importorskip("jax")
+    from gradshap import _engine
+
+    jnp = jax.numpy
+    x, bg, model = problem
+    x = np.concatenate([x] * 5)
+    w, c, v = (jnp.asarray(a) for a in model.params)
+    ref = gradshap.expected_gradients(model, x, bg, n_samples=37, seed=5)
+    for batch in (24, 50):
+        k_rows, _ = _engine._column_plan(((5, 3), (11, 2)), batch, len(x))
+        assert len(x) % k_rows  # a short last row group: slots
+        out = gradshap.GradientExplainer(lambda p: jnp.maximum(p @ w.T + c, 0.0) @ v, jnp.asarray(bg),
+                                         batch_size=batch)(jnp.asarray(x), n_samples=37, seed=5)
+        np.testing.assert_allclose(np.asarray(out.values), ref.values, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(out.stderr), ref.stderr, rtol=1e-9, atol=1e-12)

@@ -345,6 +345,50 @@ def _chunk(xp, value_and_grad, x_rows, background, cot, index, alpha, noise, wx,
     return [xp.mean(m, axis=1) for m, _ in stats], [xp.sum(v * coef, axis=1) for _, v in stats]
 
 
+def _chunk_columns(xp, value_and_grad, x_rows, background, cot, baseline, alpha, est_w, var_w):
+    """One rectangle of k rows x ``passes`` x ``gc`` columns of a design whose columns each
+    keep one background row: that rectangle's share of the estimate and of its variance.
+
+    Within a column ``c`` every sample uses the same baseline ``b_c``, so its contributions
+    are ``(x - b_c) * grad`` with one factor per column: the step reduces the gradients over
+    the passes (their mean and spread) and multiplies by ``x - b_c`` once per column,
+    ``passes`` times fewer multiplies, and makes the points from one ``x - b_c`` per column
+    with no per-sample gather. Columns are independent, so shares of disjoint columns add.
+
+    ``baseline``: ``(k, gc)`` background row of each column; ``alpha``: ``(k, passes, gc)``
+    in the accumulation dtype; ``est_w``, ``var_w``: ``(1, gc, 1)``, each column's weight in
+    the estimate (``1 / columns``; 0 for a padding column) and the factor that turns its
+    spread into its share of the variance. Returns per input the estimate's share and the
+    variance's share, ``(k, F)`` each. Pure array code with static shapes
+    (:meth:`Adapter.fuse` may compile it).
+    """
+    k, passes, gc = alpha.shape
+    acc = alpha.dtype
+    flat = xp.reshape(baseline, (k * gc,))
+    a = xp.expand_dims(alpha, axis=3)
+    points, diffs = [], []
+    for xb, bg in zip(x_rows, background):
+        fshape = tuple(bg.shape[1:])
+        f = math.prod(fshape)
+        base = xp.reshape(xp.astype(xp.take(bg, flat, axis=0), acc, copy=False), (k, 1, gc, f))
+        diff = xp.reshape(xp.astype(xb, acc, copy=False), (k, 1, 1, f)) - base
+        points.append(xp.astype(xp.reshape(base + a * diff, (k * passes * gc, *fshape)), bg.dtype, copy=False))
+        diffs.append(xp.reshape(diff, (k, gc, f)))
+    n_out = cot.shape[1]
+    cots = xp.reshape(xp.broadcast_to(xp.reshape(cot, (k, 1, n_out)), (k, passes * gc, n_out)),
+                      (k * passes * gc, n_out))
+    _, grads = value_and_grad(tuple(points), cots)
+    est, var = [], []
+    for d, g in zip(diffs, grads):
+        g4 = xp.reshape(xp.astype(g, acc, copy=False), (k, passes, gc, d.shape[-1]))
+        mu = xp.mean(g4, axis=1)
+        dev = g4 - xp.expand_dims(mu, axis=1)
+        m2 = xp.sum(dev * dev, axis=1)  # not xp.var: torch's is 100x slower over a middle axis
+        est.append(xp.sum(d * mu * est_w, axis=1))
+        var.append(xp.sum(d * d * m2 * var_w, axis=1))
+    return est, var
+
+
 # The chunk step for designs whose weights are all 1 (every design but the quadrature rules),
 # made once so that an adapter's compiled copy of it is reused.
 _chunk_uniform = functools.partial(_chunk, uniform=True)
@@ -402,6 +446,196 @@ def _plan(n_samples: int, batch_size: int, equal: bool = False) -> tuple[int, in
         if fill >= _MIN_FILL:
             break
     return best[1], best[2]
+
+
+def _column_sets(design: _sampling.Design) -> list[tuple[int, int, int]]:
+    """The columns of equal counts, ``(first, stop, passes)``: with ``n = q columns + r``,
+    the first ``r`` columns hold ``q + 1`` samples and the others ``q``."""
+    q, r = divmod(design.n_samples, design.columns)
+    return ([(0, r, q + 1)] if r else []) + [(r, design.columns, q)]
+
+
+def _column_groups(sets: tuple, batch_size: int, k: int) -> tuple | None:
+    """Columns per group of each set ``(width, passes)`` at ``k`` rows per chunk (equal
+    groups, the fewest that fit ``batch_size``), and the chunks per row group; ``None`` if a
+    column does not fit."""
+    widths, chunks = [], 0
+    for width, passes in sets:
+        fit = batch_size // (k * passes)
+        if fit < 1:
+            return None
+        groups = -(-width // fit)
+        widths.append(-(-width // groups))
+        chunks += groups
+    return tuple(widths), chunks
+
+
+@functools.lru_cache(maxsize=64)
+def _column_plan(sets: tuple, batch_size: int, n_rows: int) -> tuple[int, tuple]:
+    """Rows per chunk and columns per chunk of each set ``(width, passes)`` of the column step.
+
+    A chunk holds ``rows x passes x columns <= batch_size`` points, with all the passes of
+    its columns; each set's columns are cut into equal groups. Taken: the most useful
+    points per chunk (so the fewest chunks for many rows), then the fewest column groups,
+    then the most rows. That plan depends on neither the data nor the row count, so a
+    padding adapter sees the same chunk shapes in every call; only a call with fewer rows
+    than it holds gets its own plan, the fewest chunks for exactly ``n_rows`` rows.
+    """
+    per_row = sum(width * passes for width, passes in sets)
+    options = []
+    for k in range(1, batch_size // min(p for _, p in sets) + 1):
+        made = _column_groups(sets, batch_size, k)
+        if made is not None:
+            options.append((k * per_row / (made[1] * batch_size), made[1], k, made[0]))
+    top = max(o[0] for o in options)
+    _, _, k, widths = min((o for o in options if o[0] >= top - 0.02), key=lambda o: (o[1], -o[2]))
+    if n_rows >= k:
+        return k, widths
+    _, _, k, widths = min((o for o in options if o[2] <= n_rows), key=lambda o: (-(-n_rows // o[2]) * o[1], -o[2]))
+    return k, widths
+
+
+def _uses_columns(design: _sampling.Design, stdevs: float, rtol, batch_size: int) -> bool:
+    """Whether :func:`_chunk_columns` computes this call: a design whose columns keep one
+    background row each with at least two samples in every column, no input noise, no
+    adaptive rounds, and a column's samples fitting one chunk."""
+    return (design.fixed_baselines and stdevs == 0 and rtol is None
+            and 2 <= design.n_samples // design.columns and -(-design.n_samples // design.columns) <= batch_size)
+
+
+def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, key, batch_size, bar):
+    """:func:`_attribute` for a design :func:`_uses_columns` accepts, through :func:`_chunk_columns`.
+
+    Rows go in groups of ``k_rows``, and the columns of each set of equal counts in groups;
+    a row group's shares of its column groups add up to its estimate and variance, so no
+    statistic is kept between chunks and nothing is merged. (``_gap``, the completeness
+    target, serves adaptive rounds only, which this path does not run.)
+    """
+    n = x[0].shape[0]
+    acc = _accumulation_dtype(xp, x[0].dtype)
+    device = _validation.device_of(xp, x[0])
+    feat = [tuple(a.shape[1:]) for a in x]
+    g = design.columns
+    sets = _column_sets(design)
+    k_rows, widths = _column_plan(tuple((c1 - c0, p) for c0, c1, p in sets), batch_size, n)
+    k_run = min(k_rows, n)
+    step = adapter.fuse(_chunk_columns)
+    a, b, _ = design.column_constants(1)
+    coef = a / (b * design.counts) / g**2
+    # Column groups (c0, c1, passes, columns owned, weights in the estimate and in the
+    # variance, (k_run, c1 - c0, 1) each), made once per call. For a padding adapter the last
+    # group of a set keeps the set's width by reaching back over columns that the group
+    # before it owns; they weigh 0 here.
+    groups = []
+    for (first, stop, passes), gc in zip(sets, widths):
+        for c0 in range(first, stop, gc):
+            c1 = min(stop, c0 + gc)
+            lo = max(first, c1 - gc) if adapter.pads else c0
+            weights = np.zeros((2, 1, c1 - lo, 1))
+            weights[0, :, c0 - lo :, 0], weights[1, :, c0 - lo :, 0] = 1.0 / g, coef[c0:c1]
+            groups.append((lo, c1, passes, c1 - c0, weights))
+    # A padding adapter computes every chunk with k_run rows. A last row group with fewer
+    # rows is run by "slots" instead: a slot is one (row, column group) pair, a chunk is
+    # k_run slots of one set (each slot its own row and columns), so only the last chunk
+    # of each set holds padding, not every column group of the last rows.
+    tail = n % k_rows if adapter.pads and n > k_rows else 0
+    head = n - tail
+
+    def weights_arg(w: np.ndarray):
+        return adapter.step_array(xp, np.repeat(w, k_run, axis=0), dtype=acc, device=device)
+
+    if not adapter.pads or head:
+        made = [(weights_arg(w[0]), weights_arg(w[1])) for *_, w in groups]
+    # The host draws for several row groups at once (about _CHUNKS_PER_DRAW chunks' worth).
+    draw_rows = k_rows * max(1, min(_DRAWS_PER_CALL, _CHUNKS_PER_DRAW * batch_size) // (k_rows * design.n_samples))
+    host = None
+    if "cpu" in str(device).lower() and not adapter.pads and n > k_rows:  # see _attribute
+        np_dtype = np.float64 if xp.finfo(acc).bits == 64 else np.float32
+        host = tuple([np.empty((n, *f), dtype=np_dtype) for f in feat] for _ in range(2))
+    parts: list = []
+
+    def add(totals, share):
+        return share if totals is None else tuple([t + u for t, u in zip(tp, sp)] for tp, sp in zip(totals, share))
+
+    for d0 in range(0, head, draw_rows):
+        rows = np.arange(d0, min(head, d0 + draw_rows))
+        baseline, alpha = _sampling.columns(design, key, rows)
+        if not adapter.pads:  # one conversion per draw; chunks take views
+            baseline, alpha = adapter.step_array(xp, baseline, device=device), \
+                adapter.step_array(xp, alpha, dtype=acc, device=device)
+        for r0 in range(0, rows.size, k_rows):
+            r1 = min(rows.size, r0 + k_rows)
+            k, lo, hi = r1 - r0, d0 + r0, d0 + r1
+            x_rows = [a[lo:hi, ...] for a in x] if k < n else list(x)
+            cot = cot_rows[lo:hi, ...] if k < n else cot_rows
+            b_rows, a_rows = baseline[r0:r1, ...], alpha[r0:r1, ...]
+            totals = None
+            for (c0, c1, passes, owned, _), (est_w, var_w) in zip(groups, made):
+                a_part = a_rows[:, :passes, c0:c1]
+                if k != k_run:  # the last row group of an eager adapter
+                    est_w, var_w = est_w[:k, ...], var_w[:k, ...]
+                totals = add(totals, step(
+                    xp, tuple(x_rows), background, cot, b_rows[:, c0:c1],
+                    adapter.step_array(xp, a_part, dtype=acc, device=device) if adapter.pads else a_part,
+                    est_w, var_w))
+                if bar is not None:
+                    bar.update(k * passes * owned)
+            if host is not None:
+                for buffer, arrays in zip(host, totals):
+                    for pos, v in enumerate(arrays):
+                        buffer[pos][lo:hi] = np.reshape(np.from_dlpack(v), (k, *feat[pos]))
+            else:
+                parts.append(totals)
+    if tail:
+        parts.append(_column_slots(adapter, xp, step, x, background, cot_rows, np.arange(head, n), groups,
+                                   design=design, key=key, k_run=k_run, acc=acc, device=device, bar=bar))
+    used, met = np.full(n, design.n_samples, dtype=np.int64), np.ones(n, dtype=bool)
+    if host is not None:
+        return ([xp.asarray(v, device=device) for v in host[0]], [xp.asarray(v, device=device) for v in host[1]],
+                used, met)
+    out = []
+    for which in (0, 1):
+        out.append([xp.reshape(parts[0][which][pos] if len(parts) == 1 else
+                               xp.concat([p[which][pos] for p in parts], axis=0), (n, *f))
+                    for pos, f in enumerate(feat)])
+    return out[0], out[1], used, met
+
+
+def _column_slots(adapter, xp, step, x, background, cot_rows, rows, groups, *, design, key, k_run, acc, device,
+                  bar):
+    """The estimate and variance shares of ``rows`` (fewer than ``k_run``) through chunks of
+    ``k_run`` slots, each slot one (row, column group) of one set of equal counts, padded
+    only in each set's last chunk; per input ``(len(rows), F)``."""
+    m = rows.size
+    baseline, alpha = _sampling.columns(design, key, rows)
+    totals = None
+    for passes in sorted({grp[2] for grp in groups}, reverse=True):
+        mine = [grp for grp in groups if grp[2] == passes]
+        # Slots in column-group-major order: slot j * m + i is row i with group j.
+        b_slots = np.concatenate([baseline[:, c0:c1] for c0, c1, *_ in mine])
+        a_slots = np.concatenate([alpha[:, :passes, c0:c1] for c0, c1, *_ in mine])
+        w_slots = np.concatenate([np.broadcast_to(w, (2, m, *w.shape[2:])) for *_, w in mine], axis=1)
+        row_of = np.tile(np.arange(m), len(mine))
+        shares = []
+        for t0 in range(0, row_of.size, k_run):
+            pick = np.arange(t0, t0 + k_run) % row_of.size
+            w = w_slots[:, pick] * (np.arange(t0, t0 + k_run) < row_of.size)[None, :, None, None]  # padding weighs 0
+            idx = xp.asarray(rows[row_of[pick]], device=device)
+            share = step(xp, tuple(xp.take(a, idx, axis=0) for a in x), background, xp.take(cot_rows, idx, axis=0),
+                         b_slots[pick], adapter.step_array(xp, a_slots[pick], dtype=acc, device=device),
+                         *(adapter.step_array(xp, v, dtype=acc, device=device) for v in w))
+            shares.append(share)
+        for grp in mine:
+            if bar is not None:
+                bar.update(m * passes * grp[3])
+        # Every slot's share, in slot order, summed over the column groups of each row.
+        joined = tuple([xp.sum(xp.reshape((xp.concat([sh[which][pos] for sh in shares], axis=0)
+                                            if len(shares) > 1 else shares[0][which][pos])[: row_of.size, ...],
+                                           (len(mine), m, -1)), axis=0)
+                        for pos in range(len(x))] for which in (0, 1))
+        totals = joined if totals is None else tuple(
+            [t + u for t, u in zip(tp, sp)] for tp, sp in zip(totals, joined))
+    return totals
 
 
 def _pad_rows(a: np.ndarray, size: int) -> np.ndarray:
@@ -713,9 +947,12 @@ def run(
         adapter, target = adapter.compose(target), None
     n = x[0].shape[0]
     with _global_rng_guard(), adapter.session():
-        out_x = _targets.as_matrix(xp, _forward(adapter, xp, x, batch_size), n)
-        out_b = _targets.as_matrix(xp, _forward(adapter, xp, background, batch_size), nb,
-                                   "the model's output on `background`")
+        # One forward pass over x and the background together: one call into the model.
+        both = _forward(adapter, xp, tuple(xp.concat([a, b], axis=0) for a, b in zip(x, background)), batch_size)
+        parts = (both[:n, ...], both[n:, ...]) if both.ndim in (1, 2) and both.shape[0] == n + nb else \
+            (_forward(adapter, xp, x, batch_size), _forward(adapter, xp, background, batch_size))  # for the error
+        out_x = _targets.as_matrix(xp, parts[0], n)
+        out_b = _targets.as_matrix(xp, parts[1], nb, "the model's output on `background`")
         acc = _accumulation_dtype(xp, out_x.dtype)
         out_x = xp.astype(out_x, acc, copy=False)
         out_b = xp.astype(out_b, acc, copy=False)
@@ -732,9 +969,11 @@ def run(
                 base = xp.sum(ref_b * cot_acc, axis=1)
                 while True:
                     try:
-                        vals, var, used, met = _attribute(
-                            adapter, xp, x, background, cot, output - base, design=design, stdevs=stdevs,
-                            key=key, batch_size=batch_size, bar=bar, rtol=rtol, max_blocks=max_blocks,
+                        attribute = _attribute_columns if _uses_columns(design, stdevs, rtol, batch_size) \
+                            else functools.partial(_attribute, stdevs=stdevs, rtol=rtol, max_blocks=max_blocks)
+                        vals, var, used, met = attribute(
+                            adapter, xp, x, background, cot, output - base, design=design, key=key,
+                            batch_size=batch_size, bar=bar,
                         )
                         break
                     except Exception as err:
