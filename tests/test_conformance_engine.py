@@ -81,16 +81,15 @@ def test_jax_adapter_compiles_once_for_a_long_call(rng):
     bg, x = jnp.asarray(rng.normal(size=(5, 3))), jnp.asarray(rng.normal(size=(23, 3)))
     explainer = gradshap.GradientExplainer(model, bg, batch_size=16)
     explainer(x, n_samples=6, seed=0)  # 23 rows x 6 samples: 9 chunks of the VJP
-    # One VJP trace (chunks of 5 rows x 3 samples) and one forward trace: x and the
-    # background go through the model together, 28 rows as 16 + 12 -> 16.
-    assert traces["n"] == 2
-    explainer(x[:11], n_samples=6, seed=1)  # a forward of 16 rows: seen before
-    assert traces["n"] == 2
-    explainer(x[:13], n_samples=6, seed=2)  # 18 rows: 16 + 2, one new forward shape
+    # One VJP trace (chunks of 5 rows x 3 samples); forward traces for 16 and 8 rows
+    # (x: 16 + 7 -> 8; background: 5 -> 8; together they would not fit one chunk).
+    assert traces["n"] == 3
+    explainer(x[:11], n_samples=6, seed=1)  # x and the background together: 16 rows, seen before
+    explainer(x[:13], n_samples=6, seed=2)  # 18 rows: separately, 16 (seen) and 8 (seen)
     assert traces["n"] == 3
     # Fewer rows than a chunk holds: chunks shrink to the rows there are (3 x 3 points, not
-    # padded to 5 x 3), and the forward of 3 + 5 rows is one of 8: two new small shapes, once.
+    # padded to 5 x 3); x and the background (3 + 5 rows) are a forward of 8 (seen): one new shape.
     explainer(x[:3], n_samples=6, seed=1)
-    assert traces["n"] == 5
+    assert traces["n"] == 4
     explainer(x[:3], n_samples=6, seed=2)
-    assert traces["n"] == 5
+    assert traces["n"] == 4

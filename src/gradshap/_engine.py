@@ -95,11 +95,11 @@ def _forward(adapter: Adapter, xp, inputs: tuple, batch: int):
     n = inputs[0].shape[0]
     outs = []
     for r0 in range(0, n, batch):
-        part = tuple(a[r0 : min(n, r0 + batch), ...] for a in inputs)
+        part = tuple(a[r0 : min(n, r0 + batch), ...] for a in inputs) if n > batch else inputs
         m = part[0].shape[0]
-        if adapter.pads:
-            part = _pad(xp, part, min(batch, 1 << (m - 1).bit_length()))
-        outs.append(adapter.forward(part)[:m, ...])
+        size = min(batch, 1 << (m - 1).bit_length()) if adapter.pads else m
+        out = adapter.forward(_pad(xp, part, size))
+        outs.append(out[:m, ...] if size != m else out)
     return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
 
 
@@ -934,23 +934,29 @@ def run(
     n_samples = _validation.check_positive_int(n_samples, "n_samples")
     stdevs = _validation.check_nonnegative_float(stdevs, "stdevs")
     xp = _validation.namespace_of(x + background, "x") if xp is None else xp
-    _validation.check_arrays(xp, x, background)
+    _validation.check_arrays(xp, x, background, finite=False)
     feature_size = sum(math.prod(a.shape[1:]) for a in x)
     if batch_size is None:
         batch_size = default_batch_size(feature_size, device=_validation.device_of(xp, x[0]), compiled=adapter.pads)
     batch_size = _validation.check_positive_int(batch_size, "batch_size")
-    nb = background[0].shape[0]
+    n, nb = x[0].shape[0], background[0].shape[0]
+    # Where x and the background fit one forward chunk, they go through the model together
+    # (one call, one reduction to check finiteness); larger x is not copied. Only a failed
+    # check looks for the rows (a sum of finite numbers may also overflow).
+    joined = tuple(xp.concat([a, b], axis=0) for a, b in zip(x, background)) if n + nb <= batch_size else None
+    if not all(_validation.all_finite(xp, a) for a in (joined or x + background)):
+        _validation.check_arrays(xp, x, background)
     design = sampler if isinstance(sampler, _sampling.Design) else _sampling.plan(sampler, n_samples, nb)
     rtol, max_blocks = _check_adaptive(rtol, max_samples, n_samples, design)
     key = _sampling.seed_key(seed)
     if callable(target) and not isinstance(target, (str, type)):
         adapter, target = adapter.compose(target), None
-    n = x[0].shape[0]
     with _global_rng_guard(), adapter.session():
-        # One forward pass over x and the background together: one call into the model.
-        both = _forward(adapter, xp, tuple(xp.concat([a, b], axis=0) for a, b in zip(x, background)), batch_size)
-        parts = (both[:n, ...], both[n:, ...]) if both.ndim in (1, 2) and both.shape[0] == n + nb else \
-            (_forward(adapter, xp, x, batch_size), _forward(adapter, xp, background, batch_size))  # for the error
+        both = None if joined is None else _forward(adapter, xp, joined, batch_size)
+        if both is not None and both.ndim in (1, 2) and both.shape[0] == n + nb:
+            parts = both[:n, ...], both[n:, ...]
+        else:  # separately (also to say which input a wrong output shape came from)
+            parts = _forward(adapter, xp, x, batch_size), _forward(adapter, xp, background, batch_size)
         out_x = _targets.as_matrix(xp, parts[0], n)
         out_b = _targets.as_matrix(xp, parts[1], nb, "the model's output on `background`")
         acc = _accumulation_dtype(xp, out_x.dtype)
@@ -987,8 +993,9 @@ def run(
                         )
                         if bar is not None:
                             bar.reset()
-                _check_gradients(xp, vals, "the selected target")
                 total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, -1)), axis=1) for v in vals)
+                if not _validation.all_finite(xp, total):
+                    _check_gradients(xp, vals, "the selected target")
                 errs = [xp.sqrt(v) for v in var]
                 per_target.append((vals, errs, base, output, total - (output - base), used, met))
         finally:

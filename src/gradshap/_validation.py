@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 
 __all__ = [
     "as_inputs",
+    "all_finite",
     "check_arrays",
     "check_positive_int",
     "check_nonnegative_float",
@@ -90,8 +92,8 @@ def _floating(xp, dtype) -> bool:
         return False
 
 
-def check_arrays(xp, x: tuple, background: tuple) -> None:
-    """Shapes, dtypes, devices and finiteness of ``x`` and ``background``."""
+def check_arrays(xp, x: tuple, background: tuple, *, finite: bool = True) -> None:
+    """Shapes, dtypes, devices and (with ``finite``) finiteness of ``x`` and ``background``."""
     if len(x) != len(background):
         msg = (
             f"`x` has {len(x)} input(s) but `background` has {len(background)}; "
@@ -142,11 +144,25 @@ def check_arrays(xp, x: tuple, background: tuple) -> None:
                 "copies silently: move both to the model's device"
             )
             raise ValueError(msg)
-        for arr, nm in ((xi, xn), (bi, bn)):
+    if not finite:
+        return
+    for k, (xi, bi) in enumerate(zip(x, background)):
+        for arr, nm in ((xi, f"`x[{k}]`" if many else "`x`"), (bi, f"`background[{k}]`" if many else "`background`")):
             shown = nonfinite_rows(xp, (arr,))
             if shown:
                 msg = f"{nm} contains NaN or inf in row(s) {shown}; expected finite values"
                 raise ValueError(msg)
+
+
+def all_finite(xp, a) -> bool:
+    """Whether ``a`` is NaN- and inf-free, from one reduction (``True`` for a lazy array).
+
+    The sum of finite values can still overflow, so ``False`` means "look closer"
+    (:func:`nonfinite_rows`), not "not finite".
+    """
+    if is_lazy(a):
+        return True
+    return math.isfinite(float(xp.sum(a)))
 
 
 def nonfinite_rows(xp, arrays) -> str:
