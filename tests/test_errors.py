@@ -42,6 +42,25 @@ def test_non_finite_input(explainer, bad):
         explainer(x)
 
 
+@pytest.mark.parametrize("where", ["x", "background"])
+def test_non_finite_found_with_x_and_background_checked_together(where):
+    """x and the background are checked by one reduction over both; the error still names
+    the array and the row."""
+    x, bg = np.zeros((4, 3)), np.zeros((5, 3))
+    (x if where == "x" else bg)[3, 0] = np.nan
+    ex = gradshap.GradientExplainer(linear(np.ones(3)), bg, framework="numpy")
+    with pytest.raises(ValueError, match=rf"`{where}` contains NaN or inf in row\(s\) 3"):
+        ex(x, n_samples=10, seed=0)
+
+
+def test_huge_finite_inputs_whose_sum_overflows_are_accepted():
+    x = np.full((2, 3), 3e38, dtype=np.float32)
+    bg = np.full((4, 3), 3e38, dtype=np.float32)  # the sum is inf in float32; every value is finite
+    w = np.array([1e-38, 0.0, -1e-38], dtype=np.float32)
+    exp = gradshap.GradientExplainer(linear(w), bg, framework="numpy")(x, n_samples=8, seed=0)
+    np.testing.assert_array_equal(exp.values, 0.0)
+
+
 def test_integer_input_suggests_embedding(explainer):
     with pytest.raises(TypeError, match=r"`x` has dtype int64.*embedding"):
         explainer(np.zeros((2, 3), dtype=np.int64))
