@@ -8,7 +8,12 @@ background row for the stratified designs); the engine keeps a weighted mean and
 per (row, column, feature), and the estimate is the average of the column means, its
 variance the design's error model applied to the spreads.
 
-Chunks are rectangles of (rows x samples) with at most ``batch_size`` points, so every
+Designs whose columns each keep one background row (``lattice``, ``balanced``; what
+``auto`` runs) take a shorter path, :func:`_chunk_columns`: a chunk holds every pass of a
+group of columns, the gradients are reduced per column before the one multiply by
+``x - b`` per column, and chunks' shares of the estimate and its variance simply add.
+
+Otherwise chunks are rectangles of (rows x samples) with at most ``batch_size`` points, so every
 statistic comes from axis reductions, never from boolean masks or value-dependent
 shapes; chunk statistics merge with Chan's formula. The per-row plans (indices, alphas,
 weights) are small NumPy arrays made on the host from the seed alone, so the engine
