@@ -361,7 +361,7 @@ def _chunk_columns(xp, value_and_grad, x_rows, background, cot, baseline, alpha,
     with no per-sample gather. Columns are independent, so shares of disjoint columns add.
 
     ``baseline``: ``(k, gc)`` background row of each column; ``alpha``: ``(k, passes, gc)``
-    in the accumulation dtype; ``est_w``, ``var_w``: ``(1, gc, 1)``, each column's weight in
+    in the accumulation dtype; ``est_w``, ``var_w``: ``(k, gc, 1)``, each column's weight in
     the estimate (``1 / columns``; 0 for a padding column) and the factor that turns its
     spread into its share of the variance. Returns per input the estimate's share and the
     variance's share, ``(k, F)`` each. Pure array code with static shapes
@@ -549,18 +549,11 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
     def weights_arg(w: np.ndarray):
         return adapter.step_array(xp, np.repeat(w, k_run, axis=0), dtype=acc, device=device)
 
-    if not adapter.pads or head:
-        made = [(weights_arg(w[0]), weights_arg(w[1])) for *_, w in groups]
+    made = [(weights_arg(w[0]), weights_arg(w[1])) for *_, w in groups]
     # The host draws for several row groups at once (about _CHUNKS_PER_DRAW chunks' worth).
     draw_rows = k_rows * max(1, min(_DRAWS_PER_CALL, _CHUNKS_PER_DRAW * batch_size) // (k_rows * design.n_samples))
-    host = None
-    if "cpu" in str(device).lower() and not adapter.pads and n > k_rows:  # see _attribute
-        np_dtype = np.float64 if xp.finfo(acc).bits == 64 else np.float32
-        host = tuple([np.empty((n, *f), dtype=np_dtype) for f in feat] for _ in range(2))
+    host = _host_buffers(xp, adapter, device, acc, feat, n, k_rows)
     parts: list = []
-
-    def add(totals, share):
-        return share if totals is None else tuple([t + u for t, u in zip(tp, sp)] for tp, sp in zip(totals, share))
 
     for d0 in range(0, head, draw_rows):
         rows = np.arange(d0, min(head, d0 + draw_rows))
@@ -579,7 +572,7 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
                 a_part = a_rows[:, :passes, c0:c1]
                 if k != k_run:  # the last row group of an eager adapter
                     est_w, var_w = est_w[:k, ...], var_w[:k, ...]
-                totals = add(totals, step(
+                totals = _add_shares(totals, step(
                     xp, tuple(x_rows), background, cot, b_rows[:, c0:c1],
                     adapter.step_array(xp, a_part, dtype=acc, device=device) if adapter.pads else a_part,
                     est_w, var_w))
@@ -638,9 +631,28 @@ def _column_slots(adapter, xp, step, x, background, cot_rows, rows, groups, *, d
                                             if len(shares) > 1 else shares[0][which][pos])[: row_of.size, ...],
                                            (len(mine), m, -1)), axis=0)
                         for pos in range(len(x))] for which in (0, 1))
-        totals = joined if totals is None else tuple(
-            [t + u for t, u in zip(tp, sp)] for tp, sp in zip(totals, joined))
+        totals = _add_shares(totals, joined)
     return totals
+
+
+def _add_shares(totals, share):
+    """Shares ``(estimates, variances)`` of disjoint columns added (``totals`` ``None`` at first)."""
+    return share if totals is None else tuple([t + u for t, u in zip(tp, sp)] for tp, sp in zip(totals, share))
+
+
+def _host_buffers(xp, adapter, device, acc, feat: list, n: int, k_rows: int):
+    """On CPU, for an eager framework with more than one row group: one host array per input
+    for the values and one for the variances, ``(n, *features)``, that row groups write into.
+
+    Small result arrays kept alive between chunks fragment the C heap, and peak memory then
+    grew with the number of rows (torch MLP: 1.9x at 4x rows; 1.1x with the buffer).
+    Compiling adapters keep results on device, where reading them back would stall the
+    pipeline. ``None`` where not used.
+    """
+    if "cpu" not in str(device).lower() or adapter.pads or n <= k_rows:
+        return None
+    np_dtype = np.float64 if xp.finfo(acc).bits == 64 else np.float32
+    return tuple([np.empty((n, *f), dtype=np_dtype) for f in feat] for _ in range(2))
 
 
 def _pad_rows(a: np.ndarray, size: int) -> np.ndarray:
@@ -688,14 +700,8 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
         a, b, _ = design.column_constants(1)
         w_col = np.sum(np.reshape(design.weights(0, n0), (n0 // g, g)), axis=0)
         final = adapter.step_array(xp, np.reshape(a / (b * w_col) / g**2, (1, g, 1)), dtype=acc, device=device)
-    # On CPU an eager framework's per-row results go straight into one host buffer: small
-    # arrays kept alive between chunks fragment the C heap, and peak memory then grew with
-    # the number of rows (torch MLP: 1.9x at 4x rows; 1.1x with the buffer). Compiling
-    # adapters keep them on device, where reading them back would stall the pipeline.
-    host = None
-    if rtol is None and "cpu" in str(device).lower() and not adapter.pads and n > k_rows:
-        np_dtype = np.float64 if xp.finfo(acc).bits == 64 else np.float32
-        host = tuple([np.empty((n, *f), dtype=np_dtype) for f in feat] for _ in range(2))
+    # Adaptive rounds finish rows out of order: no host buffer there.
+    host = _host_buffers(xp, adapter, device, acc, feat, n, k_rows) if rtol is None else None
 
     def to_step(a: np.ndarray, dtype=None):
         return adapter.step_array(xp, a, dtype=dtype, device=device)
