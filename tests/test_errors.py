@@ -156,3 +156,43 @@ def test_unknown_framework_and_undetectable_model(rng):
         gradshap.GradientExplainer(linear(np.ones(3)), np.zeros((2, 3)), framework="mxnet")
     with pytest.raises(TypeError, match=r"could not tell the framework"):
         gradshap.GradientExplainer(object(), np.zeros((2, 3)))
+
+
+def _framework_case(framework: str):
+    """(model of a (n, 3) array with 2 outputs whose gradient is NaN where x[:, 0] < 0 and
+    log(0) is never hit otherwise, to_array) in ``framework``, float64 where it has it."""
+    w = np.array([[1.0, -1.0], [0.5, 2.0], [-0.3, 0.2]])
+    if framework == "torch":
+        torch = import_or_fail("torch")
+        tw = torch.tensor(w)
+        return (lambda p: torch.sqrt(p[:, :1]) + p @ tw), (lambda a: torch.tensor(a))
+    if framework == "jax":
+        jnp = import_or_fail("jax.numpy")
+        jw = jnp.asarray(w)
+        return (lambda p: jnp.sqrt(p[:, :1]) + p @ jw), (lambda a: jnp.asarray(a))
+    tf = import_or_fail("tensorflow")
+    tw = tf.constant(w)
+    return (lambda p: tf.sqrt(p[:, :1]) + p @ tw), (lambda a: tf.constant(a))
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax", "tensorflow"])
+def test_value_checks_run_in_every_framework(framework):
+    """NaN inputs, NaN gradients and out-of-range target indices are caught for each
+    framework's own arrays, not only for NumPy's (a JAX array is concrete outside jit)."""
+    model, to_array = _framework_case(framework)
+    bg = np.abs(np.random.default_rng(0).normal(size=(6, 3))) + 0.5
+    x = np.abs(np.random.default_rng(1).normal(size=(4, 3))) + 0.5
+    ex = gradshap.GradientExplainer(model, to_array(bg))
+    ok = ex(to_array(x), target=1, n_samples=12, seed=0)  # sanity: the clean call works
+    assert np.all(np.isfinite(np.asarray(ok.values)))
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"`x` contains NaN or inf in row\(s\) 2"):
+        ex(to_array(bad), target=1, n_samples=12, seed=0)
+    neg = x.copy()
+    neg[3, 0] = -1.0  # sqrt of negatives on this row's path: NaN output and gradients
+    with pytest.raises(FloatingPointError, match=r"NaN or inf gradients .* row\(s\) 3"):
+        ex(to_array(neg), target=1, n_samples=12, seed=0)
+    index = to_array(np.array([0, 1, 2, 1]))
+    with pytest.raises(ValueError, match=r"`target` has values out of range for a model with 2 outputs at row\(s\) 2"):
+        ex(to_array(x), target=index, n_samples=12, seed=0)

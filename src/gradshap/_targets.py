@@ -15,7 +15,7 @@ from typing import Any
 import array_api_compat as aac
 import numpy as np
 
-from gradshap._validation import device_of, is_lazy, shape_str, type_name
+from gradshap._validation import device_of, is_lazy, is_tf_tensor, shape_str, type_name
 
 __all__ = ["TARGET_CHOICES", "Selection", "as_matrix", "select"]
 
@@ -92,6 +92,9 @@ def select(xp, target: Any, outputs, *, dtype) -> Selection:
         ones = xp.ones((n, 1), dtype=dtype, device=device)
         cots = [_one_hot(xp, xp.asarray(t, device=device), k, dtype, device) * ones for t in ts]
         return Selection(cots, tuple(ts), True)
+    if is_tf_tensor(target):
+        # array-api-compat does not know tf.Tensor: its few class indices are read on the host.
+        target = np.asarray(target)
     if isinstance(target, np.ndarray) or aac.is_array_api_obj(target):
         return _per_row(xp, target, n, k, dtype, device)
     msg = f"`target` must be {TARGET_CHOICES}; got {type_name(target)}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any
 
 import array_api_compat as aac
@@ -41,8 +42,14 @@ def as_inputs(value: Any, name: str) -> tuple:
 
 
 def is_lazy(a: Any) -> bool:
-    """True for arrays whose values are not known yet (JAX tracers): skip value checks."""
-    return aac.is_lazy_array(a)
+    """True for arrays whose values are not known yet (JAX tracers, inside ``jax.jit``):
+    skip value checks.
+
+    Not ``array_api_compat.is_lazy_array``, which says True for every JAX array, concrete
+    ones included: it would let NaN inputs and out-of-range targets through unchecked.
+    """
+    jax_core = sys.modules.get("jax.core")
+    return jax_core is not None and isinstance(a, jax_core.Tracer)
 
 
 def device_of(xp, a: Any):
@@ -53,7 +60,7 @@ def device_of(xp, a: Any):
 def namespace_of(arrays: tuple, name: str):
     """The array namespace of ``arrays``, with a clear error for non-arrays."""
     for k, a in enumerate(arrays):
-        if not aac.is_array_api_obj(a) and not _is_tf_tensor(a):
+        if not aac.is_array_api_obj(a) and not is_tf_tensor(a):
             where = f"`{name}`" if len(arrays) == 1 else f"`{name}[{k}]`"
             msg = (
                 f"{where} must be an array of the model's framework (numpy.ndarray, "
@@ -65,7 +72,7 @@ def namespace_of(arrays: tuple, name: str):
         f"`x` and `background` must be arrays of one framework (the model's); got "
         f"{', '.join(kinds)}. gradshap never converts silently: convert them to one type"
     )
-    tf_flags = [_is_tf_tensor(a) for a in arrays]
+    tf_flags = [is_tf_tensor(a) for a in arrays]
     if any(tf_flags):
         if not all(tf_flags):
             raise TypeError(msg)
@@ -78,7 +85,7 @@ def namespace_of(arrays: tuple, name: str):
         raise TypeError(msg) from err
 
 
-def _is_tf_tensor(a: Any) -> bool:
+def is_tf_tensor(a: Any) -> bool:
     import sys
 
     tf = sys.modules.get("tensorflow")
