@@ -349,8 +349,16 @@ def columns(design: Design, key: int, rows: np.ndarray) -> tuple[np.ndarray, np.
         return perm, np.reshape(flat, (rows.size, passes, g))
     shift = _stratified_shifts(key, rows, g)
     m = design.counts.astype(np.float64)
-    p = np.arange(passes, dtype=np.float64)[None, :, None]
-    alpha = np.mod(p + shift[:, None, :], m) / m
+    alpha = np.arange(passes, dtype=np.float64)[None, :, None] + shift[:, None, :]
+    # ``mod(p + shift, m)`` of :func:`draw` without NumPy's slow float mod: p + shift < m
+    # but where the sum rounds up to m (a shift within an ulp of 1), and in the missing last
+    # pass of a shorter column, which is zeroed.
+    wrap = alpha >= m
+    if n % g:
+        wrap[:, -1, n % g :] = False
+    if wrap.any():
+        np.subtract(alpha, m, out=alpha, where=wrap)
+    alpha /= m
     if n % g:
         alpha[:, -1, n % g :] = 0.0
     return perm, alpha
