@@ -672,7 +672,9 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     Rows go in groups of ``k_rows`` (a chunk holds up to ``k_rows`` rows times ``s_size``
     samples, at most ``batch_size`` points). Each group takes one block of
     ``design.n_samples`` samples per row; in adaptive mode the rows that have not met
-    ``rtol`` take as many blocks again, until ``max_blocks``.
+    ``rtol`` take as many blocks again, until ``max_blocks``. ``gap``: each row's
+    completeness target ``f(x) - base``, which adaptive mode checks the values' sum against
+    (``None`` without ``rtol``).
     """
     n = x[0].shape[0]
     dtype = x[0].dtype
@@ -982,15 +984,21 @@ def run(
             per_target = []
             for cot in selection.cotangents:
                 cot_acc = xp.astype(cot, acc, copy=False)
-                output = xp.sum(out_x * cot_acc, axis=1)
-                base = xp.sum(ref_b * cot_acc, axis=1)
+
+                def reference(cot_acc=cot_acc):
+                    return xp.sum(out_x * cot_acc, axis=1), xp.sum(ref_b * cot_acc, axis=1)
+
+                # Only adaptive rounds need the completeness target up front; otherwise it is
+                # made after the chunk steps are queued (an asynchronous device then starts
+                # on them while the host makes it).
+                output, base = reference() if rtol is not None else (None, None)
                 while True:
                     try:
                         attribute = _attribute_columns if _uses_columns(design, stdevs, rtol, batch_size) \
                             else functools.partial(_attribute, stdevs=stdevs, rtol=rtol, max_blocks=max_blocks)
                         vals, var, used, met = attribute(
-                            adapter, xp, x, background, cot, output - base, design=design, key=key,
-                            batch_size=batch_size, bar=bar,
+                            adapter, xp, x, background, cot, None if output is None else output - base,
+                            design=design, key=key, batch_size=batch_size, bar=bar,
                         )
                         break
                     except Exception as err:
@@ -1004,6 +1012,8 @@ def run(
                         )
                         if bar is not None:
                             bar.reset()
+                if output is None:
+                    output, base = reference()
                 total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, -1)), axis=1) for v in vals)
                 if not _validation.all_finite(xp, total):
                     _check_gradients(xp, vals, "the selected target")
