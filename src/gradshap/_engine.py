@@ -1015,10 +1015,12 @@ def run(
                 if output is None:
                     output, base = reference()
                 total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, -1)), axis=1) for v in vals)
-                if not _validation.all_finite(xp, total):
-                    _check_gradients(xp, vals, "the selected target")
                 errs = [xp.sqrt(v) for v in var]
                 per_target.append((vals, errs, base, output, total - (output - base), used, met))
+                # Checked last: reading the check waits for the device, so the ops above are
+                # queued first.
+                if not _validation.all_finite(xp, total):
+                    _check_gradients(xp, vals, "the selected target")
         finally:
             if bar is not None:
                 bar.close()

@@ -18,6 +18,7 @@ __all__ = [
     "check_nonnegative_float",
     "device_of",
     "is_lazy",
+    "is_tf_tensor",
     "namespace_of",
 ]
 
@@ -86,8 +87,7 @@ def namespace_of(arrays: tuple, name: str):
 
 
 def is_tf_tensor(a: Any) -> bool:
-    import sys
-
+    """True for a ``tf.Tensor`` or ``tf.Variable`` (array-api-compat does not cover TensorFlow)."""
     tf = sys.modules.get("tensorflow")
     return tf is not None and isinstance(a, (tf.Tensor, tf.Variable))
 
