@@ -81,12 +81,12 @@ def _accumulation_dtype(xp, dtype):
     return dtype if xp.finfo(dtype).bits >= 32 else xp.float32
 
 
-def _pad(xp, arrays: tuple, size: int) -> tuple:
+def _pad(adapter: Adapter, xp, arrays: tuple, size: int) -> tuple:
     """Rows repeated up to ``size`` (for frameworks that compile once per shape)."""
     m = arrays[0].shape[0]
     if m == size:
         return arrays
-    idx = xp.asarray(np.arange(size) % m, device=_validation.device_of(xp, arrays[0]))
+    idx = adapter.step_array(xp, np.arange(size) % m, device=_validation.device_of(xp, arrays[0]))
     return tuple(xp.take(a, idx, axis=0) for a in arrays)
 
 
@@ -103,7 +103,7 @@ def _forward(adapter: Adapter, xp, inputs: tuple, batch: int):
         part = tuple(a[r0 : min(n, r0 + batch), ...] for a in inputs) if n > batch else inputs
         m = part[0].shape[0]
         size = min(batch, 1 << (m - 1).bit_length()) if adapter.pads else m
-        out = adapter.forward(_pad(xp, part, size))
+        out = adapter.forward(_pad(adapter, xp, part, size))
         outs.append(out[:m, ...] if size != m else out)
     return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
 
@@ -618,7 +618,7 @@ def _column_slots(adapter, xp, step, x, background, cot_rows, rows, groups, *, d
         for t0 in range(0, row_of.size, k_run):
             pick = np.arange(t0, t0 + k_run) % row_of.size
             w = w_slots[:, pick] * (np.arange(t0, t0 + k_run) < row_of.size)[None, :, None, None]  # padding weighs 0
-            idx = xp.asarray(rows[row_of[pick]], device=device)
+            idx = adapter.step_array(xp, rows[row_of[pick]], device=device)
             share = step(xp, tuple(xp.take(a, idx, axis=0) for a in x), background, xp.take(cot_rows, idx, axis=0),
                          b_slots[pick], adapter.step_array(xp, a_slots[pick], dtype=acc, device=device),
                          *(adapter.step_array(xp, v, dtype=acc, device=device) for v in w))
@@ -626,11 +626,14 @@ def _column_slots(adapter, xp, step, x, background, cot_rows, rows, groups, *, d
         for grp in mine:
             if bar is not None:
                 bar.update(m * passes * grp[3])
-        # Every slot's share, in slot order, summed over the column groups of each row.
-        joined = tuple([xp.sum(xp.reshape((xp.concat([sh[which][pos] for sh in shares], axis=0)
-                                            if len(shares) > 1 else shares[0][which][pos])[: row_of.size, ...],
-                                           (len(mine), m, -1)), axis=0)
-                        for pos in range(len(x))] for which in (0, 1))
+        # Every slot's share, in slot order, summed over the column groups of each row (with
+        # one column group, a slot is a whole row: nothing to sum).
+        def slot_shares(which: int, pos: int):
+            every = xp.concat([sh[which][pos] for sh in shares], axis=0) if len(shares) > 1 else shares[0][which][pos]
+            every = every[: row_of.size, ...] if every.shape[0] != row_of.size else every
+            return every if len(mine) == 1 else xp.sum(xp.reshape(every, (len(mine), m, -1)), axis=0)
+
+        joined = tuple([slot_shares(which, pos) for pos in range(len(x))] for which in (0, 1))
         totals = _add_shares(totals, joined)
     return totals
 
@@ -813,12 +816,12 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
                 x_rows = [a[active[0] : active[-1] + 1, ...] for a in x]
                 cot = cot_rows[active[0] : active[-1] + 1, ...]
             else:
-                idx = xp.asarray(active, device=device)
+                idx = adapter.step_array(xp, active, device=device)
                 x_rows = [xp.take(a, idx, axis=0) for a in x]
                 cot = xp.take(cot_rows, idx, axis=0)
             k_run = padded(active).size
             if k_run != active.size:
-                *x_rows, cot = _pad(xp, (*x_rows, cot), k_run)
+                *x_rows, cot = _pad(adapter, xp, (*x_rows, cot), k_run)
             for block in range(blocks, blocks + new):
                 for s0, s1 in ranges:
                     out = run_chunk(x_rows, cot, active, block, s0, s1, stats)
