@@ -139,7 +139,7 @@ class _ColumnStats:
         self._node_sum: list = [None] * n_inputs
 
     def _col(self, xp, values: np.ndarray):
-        return xp.asarray(np.reshape(values, (1, self.columns, 1)), dtype=self.dtype, device=self.device)
+        return self._to_step(np.reshape(values, (1, self.columns, 1)), self.dtype)
 
     def add(self, xp, contributions: list, weights: np.ndarray, start: int, stop: int) -> None:
         """Merge contributions ``(k, stop - start, F)`` of samples ``start..stop-1`` of a block."""
@@ -151,8 +151,7 @@ class _ColumnStats:
             means, m2s = [], []
             for pos, c in enumerate(contributions):
                 c4 = xp.reshape(c, (k, passes, g, c.shape[-1]))
-                mu, m2 = _pass_stats(xp, c4, xp.asarray(np.reshape(w, (1, *w.shape, 1)), dtype=self.dtype,
-                                                        device=self.device))
+                mu, m2 = _pass_stats(xp, c4, self._to_step(np.reshape(w, (1, *w.shape, 1)), self.dtype))
                 means.append(mu)
                 m2s.append(m2)
                 if self.node_means is not None:
@@ -196,7 +195,7 @@ class _ColumnStats:
 
     def keep(self, xp, positions: np.ndarray) -> None:
         """Keep only the rows at ``positions``."""
-        idx = xp.asarray(positions, device=self.device)
+        idx = self._to_step(positions)
         self.mean = [xp.take(a, idx, axis=0) for a in self.mean]
         self.m2 = [xp.take(a, idx, axis=0) for a in self.m2]
 
@@ -236,8 +235,7 @@ class _ColumnStats:
         rest is taken as independent between columns.
         """
         g = self.columns
-        weights = xp.asarray(np.reshape(design.rules[int(design.counts[0])][1], (1, -1, 1)), dtype=self.dtype,
-                             device=self.device)
+        weights = self._to_step(np.reshape(design.rules[int(design.counts[0])][1], (1, -1, 1)), self.dtype)
         var = []
         for pos, v in enumerate(values):
             parts = self.node_means[pos]
@@ -857,7 +855,7 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     for (out_rows, _, _, positions), start in zip(parts, starts):
         where[out_rows] = start + positions
     trivial = len(parts) == 1 and np.array_equal(where, np.arange(n)) and sizes_run[0] == n
-    pick = None if trivial else xp.asarray(where, device=device)
+    pick = None if trivial else adapter.step_array(xp, where, device=device)
 
     def gather(which: int, pos: int, shape: tuple):
         arrays = [p[which][pos] for p in parts]
