@@ -64,10 +64,13 @@ class Adapter:
         return lambda xp, *arrays: step(xp, self.value_and_grad, *arrays)
 
     def step_array(self, xp, a, *, dtype=None, device=None):
-        """A small host (NumPy) array as an argument of a fused step: in ``xp`` on ``device``.
+        """A small host (NumPy) array (indices, weights) as an argument of a fused step or
+        an operand of the engine's eager ops on ``xp`` arrays: in ``xp`` on ``device``.
 
-        A compiling adapter may return it as it is and let its compiled step move it (JAX:
-        one fast transfer instead of an eager op per array).
+        An adapter may return it as it is where its framework moves NumPy operands itself
+        (JAX, into a compiled step and into its own ops, beside their other operand: much
+        cheaper than an eager ``jnp.asarray(..., device=...)``), or in another cheap form
+        (TensorFlow: an eager constant).
         """
         return xp.asarray(a, dtype=dtype, device=device)
 

@@ -124,8 +124,9 @@ class JaxAdapter(Adapter):
         return "RESOURCE_EXHAUSTED" in str(err) and "emory" in str(err)
 
     def step_array(self, xp, a, *, dtype=None, device=None):
-        # The jitted step moves NumPy arguments itself, to the device of its other
-        # (committed) arguments: much cheaper than an eager jnp.asarray per array.
+        # The jitted step, and jax.numpy ops in eager mode, move NumPy operands themselves
+        # (to the device of their other, committed operands): much cheaper than an eager
+        # jnp.asarray(..., device=...) per array.
         return np.asarray(a, dtype=None if dtype is None else np.dtype(dtype))
 
     def fuse(self, step: Callable) -> Callable:
