@@ -186,8 +186,8 @@ class _ColumnStats:
             self.weight = np.asarray(w_block, dtype=np.float64)
             return
         total = self.weight + w_block
-        share, cross = (self._to_step(np.reshape(v, (1, self.columns, 1)), self.dtype)
-                        for v in (_safe_ratio(w_block, total), _safe_ratio(self.weight * w_block, total)))
+        share = self._col(xp, _safe_ratio(w_block, total))
+        cross = self._col(xp, _safe_ratio(self.weight * w_block, total))
         mean, m2 = self._chan(xp, tuple(self.mean), tuple(self.m2), tuple(means),
                               None if m2s is None else tuple(m2s), share, cross)
         self.mean, self.m2 = list(mean), list(m2)
@@ -570,10 +570,11 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
                 a_part = a_rows[:, :passes, c0:c1]
                 if k != k_run:  # the last row group of an eager adapter
                     est_w, var_w = est_w[:k, ...], var_w[:k, ...]
-                totals = _add_shares(totals, step(
-                    xp, tuple(x_rows), background, cot, b_rows[:, c0:c1],
-                    adapter.step_array(xp, a_part, dtype=acc, device=device) if adapter.pads else a_part,
-                    est_w, var_w))
+                b_part = b_rows[:, c0:c1]
+                if adapter.pads:  # host draws: one cheap conversion per chunk
+                    b_part = adapter.step_array(xp, b_part, device=device)
+                    a_part = adapter.step_array(xp, a_part, dtype=acc, device=device)
+                totals = _add_shares(totals, step(xp, tuple(x_rows), background, cot, b_part, a_part, est_w, var_w))
                 if bar is not None:
                     bar.update(k * passes * owned)
             if host is not None:
@@ -618,7 +619,8 @@ def _column_slots(adapter, xp, step, x, background, cot_rows, rows, groups, *, d
             w = w_slots[:, pick] * (np.arange(t0, t0 + k_run) < row_of.size)[None, :, None, None]  # padding weighs 0
             idx = adapter.step_array(xp, rows[row_of[pick]], device=device)
             share = step(xp, tuple(xp.take(a, idx, axis=0) for a in x), background, xp.take(cot_rows, idx, axis=0),
-                         b_slots[pick], adapter.step_array(xp, a_slots[pick], dtype=acc, device=device),
+                         adapter.step_array(xp, b_slots[pick], device=device),
+                         adapter.step_array(xp, a_slots[pick], dtype=acc, device=device),
                          *(adapter.step_array(xp, v, dtype=acc, device=device) for v in w))
             shares.append(share)
         for grp in mine:
@@ -985,21 +987,17 @@ def run(
             per_target = []
             for cot in selection.cotangents:
                 cot_acc = xp.astype(cot, acc, copy=False)
-
-                def reference(cot_acc=cot_acc):
-                    return xp.sum(out_x * cot_acc, axis=1), xp.sum(ref_b * cot_acc, axis=1)
-
-                # Only adaptive rounds need the completeness target up front; otherwise it is
-                # made after the chunk steps are queued (an asynchronous device then starts
-                # on them while the host makes it).
-                output, base = reference() if rtol is not None else (None, None)
+                # Only adaptive rounds need the completeness target up front; otherwise the
+                # output and base value are made after the chunk steps are queued (an
+                # asynchronous device then starts on them while the host makes these).
+                gap = None if rtol is None else xp.sum(out_x * cot_acc, axis=1) - xp.sum(ref_b * cot_acc, axis=1)
                 while True:
                     try:
                         attribute = _attribute_columns if _uses_columns(design, stdevs, rtol, batch_size) \
                             else functools.partial(_attribute, stdevs=stdevs, rtol=rtol, max_blocks=max_blocks)
                         vals, var, used, met = attribute(
-                            adapter, xp, x, background, cot, None if output is None else output - base,
-                            design=design, key=key, batch_size=batch_size, bar=bar,
+                            adapter, xp, x, background, cot, gap, design=design, key=key,
+                            batch_size=batch_size, bar=bar,
                         )
                         break
                     except Exception as err:
@@ -1013,8 +1011,7 @@ def run(
                         )
                         if bar is not None:
                             bar.reset()
-                if output is None:
-                    output, base = reference()
+                output, base = xp.sum(out_x * cot_acc, axis=1), xp.sum(ref_b * cot_acc, axis=1)
                 total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, -1)), axis=1) for v in vals)
                 errs = [xp.sqrt(v) for v in var]
                 per_target.append((vals, errs, base, output, total - (output - base), used, met))
