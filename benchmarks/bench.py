@@ -256,10 +256,15 @@ class TensorFlowGroup(Group):
     def numpy(self, value):
         return np.asarray(value)
 
+    def floor_variants(self, wl):
+        # The plain graph and XLA (jit_compile=True, Keras' "auto" choice on this backend):
+        # the faster of the two is the floor.
+        return ("graph", "xla")
+
     def floor_runner(self, model, case, chunk, variant):
         tf = self.tf
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, jit_compile=variant == "xla")
         def vjp(points, cot):
             with tf.GradientTape() as tape:
                 tape.watch(points)
@@ -306,6 +311,9 @@ class KerasGroup(Group):
         import keras
 
         return keras.ops.convert_to_numpy(value)
+
+    def floor_variants(self, wl):
+        return self.inner.floor_variants(wl) if self.backend == "tensorflow" else ("",)
 
     def floor_runner(self, model, case, chunk, variant):
         if self.backend == "tensorflow":

@@ -184,3 +184,81 @@ def test_keras_model_through_the_tensorflow_entry_point(linear):
     assert explainer.framework == "keras"
     exp = explainer(tf.constant(x), n_samples=16, sampler="balanced", seed=0)
     np.testing.assert_allclose(exp.values.numpy(), w * (x - bg.mean(0)), rtol=0, atol=ATOL)
+
+
+def _compiled_steps(adapter) -> set:
+    """``jit_compile`` of every chunk step the adapter has traced."""
+    return {xla for (_, xla), fn in adapter._fused.items() if fn.experimental_get_tracing_count()}
+
+
+class Tanh(tf.Module):
+    """``tanh(x @ w1) @ w2``: no convolution, so XLA compiles its step on a CPU-only machine."""
+
+    def __init__(self, w1, w2):
+        super().__init__()
+        self.w1, self.w2 = tf.Variable(w1), tf.Variable(w2)
+
+    def __call__(self, x):
+        return tf.tanh(x @ self.w1) @ self.w2
+
+
+class Conv(tf.Module):
+    """A 1-D convolution over the 5 features, then a sum: keeps the plain graph."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k = tf.Variable(k.reshape(3, 1, 1))
+
+    def __call__(self, x):
+        h = tf.nn.conv1d(x[:, :, None], self.k, stride=1, padding="SAME")
+        return tf.reduce_sum(tf.tanh(h), axis=1)
+
+
+def test_xla_compiles_the_step_of_a_model_without_convolutions(rng):
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("XLA is chosen on CPU-only machines")
+    w1 = rng.standard_normal((5, 6)).astype(np.float32)
+    w2 = rng.standard_normal((6, 1)).astype(np.float32)
+    x, bg = rng.standard_normal((3, 5)).astype(np.float32), rng.standard_normal((8, 5)).astype(np.float32)
+    explainer = gradshap.GradientExplainer(Tanh(w1, w2), tf.constant(bg))
+    exp = explainer(tf.constant(x), n_samples=32, seed=2)
+    assert explainer.adapter._xla is True and _compiled_steps(explainer.adapter) == {True}
+    # The same numbers as the plain graph's (float32 rounding apart), and the same as NumPy's.
+    plain = gradshap.GradientExplainer(Tanh(w1, w2), tf.constant(bg))
+    plain.adapter._xla = False  # decided: no XLA
+    ref = plain(tf.constant(x), n_samples=32, seed=2)
+    assert _compiled_steps(plain.adapter) == {False}
+    np.testing.assert_allclose(exp.values.numpy(), ref.values.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(exp.stderr.numpy(), ref.stderr.numpy(), rtol=1e-4, atol=1e-7)
+
+    def value_and_grad(p):
+        h = np.tanh(p @ w1)
+        return (h @ w2)[:, 0], ((1 - h**2) * w2[:, 0]) @ w1.T
+
+    want = gradshap.expected_gradients(value_and_grad, x.astype(np.float64), bg.astype(np.float64),
+                                       n_samples=32, seed=2)
+    np.testing.assert_allclose(exp.values.numpy(), want.values, rtol=1e-4, atol=1e-5)
+
+    conv = gradshap.GradientExplainer(Conv(rng.standard_normal(3).astype(np.float32)), tf.constant(bg))
+    conv(tf.constant(x), n_samples=32, seed=2)
+    assert conv.adapter._xla is False and _compiled_steps(conv.adapter) == {False}
+
+
+def test_a_step_xla_cannot_compile_falls_back_to_the_plain_graph(linear):
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("XLA is chosen on CPU-only machines")
+    w, x, bg = linear
+
+    @tf.custom_gradient
+    def host_double(t):
+        # tf.py_function runs Python: XLA cannot compile it.
+        out = tf.py_function(lambda a: 2.0 * a, [t], t.dtype)
+        out.set_shape(t.shape)
+        return out, lambda dy: 2.0 * dy
+
+    model = lambda t: host_double(t) @ tf.constant(w[:, None])  # noqa: E731
+    explainer = gradshap.GradientExplainer(model, tf.constant(bg), framework="tensorflow")
+    exp = explainer(tf.constant(x), n_samples=16, seed=0)
+    # XLA's trace failed to compile; the plain graph ran the step.
+    assert explainer.adapter._xla is False and _compiled_steps(explainer.adapter) == {False, True}
+    np.testing.assert_allclose(exp.values.numpy(), 2 * w * (x - bg.mean(0)), rtol=0, atol=4 * ATOL)
