@@ -552,6 +552,7 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
     draw_rows = k_rows * max(1, min(_DRAWS_PER_CALL, _CHUNKS_PER_DRAW * batch_size) // (k_rows * design.n_samples))
     host = _host_buffers(xp, adapter, device, acc, feat, n, k_rows)
     parts: list = []
+    pieces = _row_groups(adapter, xp, (*x, cot_rows), k_rows)
 
     for d0 in range(0, head, draw_rows):
         rows = np.arange(d0, min(head, d0 + draw_rows))
@@ -562,8 +563,7 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
         for r0 in range(0, rows.size, k_rows):
             r1 = min(rows.size, r0 + k_rows)
             k, lo, hi = r1 - r0, d0 + r0, d0 + r1
-            x_rows = [a[lo:hi, ...] for a in x] if k < n else list(x)
-            cot = cot_rows[lo:hi, ...] if k < n else cot_rows
+            *x_rows, cot = (p[lo // k_rows] for p in pieces)
             b_rows, a_rows = baseline[r0:r1, ...], alpha[r0:r1, ...]
             totals = None
             for (c0, c1, passes, owned, _), (est_w, var_w) in zip(groups, made):
@@ -596,6 +596,14 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
                                xp.concat([p[which][pos] for p in parts], axis=0), (n, *f))
                     for pos, f in enumerate(feat)])
     return out[0], out[1], used, met
+
+
+def _row_groups(adapter, xp, arrays: tuple, k_rows: int) -> list:
+    """Each of ``arrays`` cut into its row groups of ``k_rows`` rows (the last may be
+    shorter), in one op per array where the adapter can (:meth:`Adapter.split_rows`)."""
+    n = arrays[0].shape[0]
+    sizes = [min(k_rows, n - r0) for r0 in range(0, n, k_rows)]
+    return [adapter.split_rows(xp, a, sizes) for a in arrays]
 
 
 def _column_slots(adapter, xp, step, x, background, cot_rows, rows, groups, *, design, key, k_run, acc, device,
@@ -802,6 +810,7 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     # Results per finished part: (rows of x, values, variances, positions of those rows in
     # the part's arrays); one gather at the end puts every row in place.
     parts, used, met = [], np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
+    pieces = _row_groups(adapter, xp, (*x, cot_rows), k_rows)
     for r0 in range(0, n, k_rows):
         active = np.arange(r0, min(n, r0 + k_rows))
         stats = None if final is not None else _ColumnStats(g, len(x), acc, device, nodes=not reduce,
@@ -810,8 +819,8 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
         while True:
             # The rows' inputs, sliced (or taken) once per round and padded to the one
             # chunk shape of a compiling adapter; whole arrays pass unsliced.
-            if active.size == n:
-                x_rows, cot = list(x), cot_rows
+            if blocks == 0:  # the row group as cut
+                *x_rows, cot = (p[r0 // k_rows] for p in pieces)
             elif active[-1] - active[0] + 1 == active.size:
                 x_rows = [a[active[0] : active[-1] + 1, ...] for a in x]
                 cot = cot_rows[active[0] : active[-1] + 1, ...]

@@ -15,6 +15,8 @@ import contextlib
 import importlib
 from typing import Any, Callable
 
+import numpy as np
+
 __all__ = ["Adapter", "FRAMEWORKS", "detect", "make", "require"]
 
 #: Frameworks in the order they are tried. Keras comes first because a Keras model on
@@ -73,6 +75,17 @@ class Adapter:
         (TensorFlow: an eager constant).
         """
         return xp.asarray(a, dtype=dtype, device=device)
+
+    def split_rows(self, xp, a, sizes: list) -> list:
+        """``a`` cut along its first axis into pieces of ``sizes`` rows (summing to all of them).
+
+        The engine's row groups; an adapter whose eager ops cost a dispatch each (JAX,
+        TensorFlow) cuts them with one op.
+        """
+        if len(sizes) == 1:
+            return [a]
+        starts = np.cumsum([0, *sizes])
+        return [a[i:j, ...] for i, j in zip(starts[:-1], starts[1:])]
 
     def compose(self, fn: Callable) -> "Adapter":
         """The same model followed by ``fn`` (a callable target)."""

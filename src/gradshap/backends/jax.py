@@ -129,6 +129,10 @@ class JaxAdapter(Adapter):
         # jnp.asarray(..., device=...) per array.
         return np.asarray(a, dtype=None if dtype is None else np.dtype(dtype))
 
+    def split_rows(self, xp, a, sizes: list) -> list:
+        # One dispatch, where a slice per piece costs one each (about 40 us on CPU).
+        return xp.split(a, np.cumsum(sizes)[:-1].tolist()) if len(sizes) > 1 else [a]
+
     def fuse(self, step: Callable) -> Callable:
         return fuse_jitted(self._fused, step, self._raw_value_and_grad, self._params)
 

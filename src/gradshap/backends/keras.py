@@ -79,6 +79,7 @@ class _KerasJax(Adapter):
         return out, tuple(grads)
 
     step_array = JaxAdapter.step_array
+    split_rows = JaxAdapter.split_rows
 
     def fuse(self, step: Callable) -> Callable:
         return fuse_jitted(self._fused, step, self._raw_value_and_grad, self._variables)
@@ -149,6 +150,10 @@ class KerasAdapter(Adapter):
     def step_array(self, xp, a, *, dtype=None, device=None):
         owner = self.inner if xp is self.xp else super()
         return owner.step_array(xp, a, dtype=dtype, device=device)
+
+    def split_rows(self, xp, a, sizes: list) -> list:
+        owner = self.inner if xp is self.xp else super()
+        return owner.split_rows(xp, a, sizes)
 
     def compose(self, fn: Callable) -> "KerasAdapter":
         return KerasAdapter(self.inner.compose(fn))

@@ -247,6 +247,11 @@ class TensorFlowAdapter(Adapter):
         with self.xp._placed(device):
             return self._tf.constant(host)
 
+    def split_rows(self, xp, a, sizes: list) -> list:
+        if xp is not self.xp or len(sizes) == 1:
+            return super().split_rows(xp, a, sizes)
+        return self._tf.split(a, list(sizes))  # one op, where a slice per piece costs one each
+
     def fuse(self, step: Callable) -> Callable:
         # One tf.function per step function (and jit_compile), kept so that later calls
         # reuse its traces. Not reduce_retracing: the step reads static shapes (a
