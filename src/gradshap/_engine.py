@@ -90,6 +90,18 @@ def _pad(adapter: Adapter, xp, arrays: tuple, size: int) -> tuple:
     return tuple(xp.take(a, idx, axis=0) for a in arrays)
 
 
+def _forward_joined(adapter: Adapter, xp, joined: tuple, n: int, nb: int, batch: int):
+    """The outputs at the ``n`` rows of x and the ``nb`` of the background, ``joined`` (they
+    fit one chunk), from one forward pass, cut apart in one op; ``None`` if the output is not
+    one row per input row (the caller then runs them apart, to say which input a wrong
+    shape came from)."""
+    size = min(batch, 1 << (n + nb - 1).bit_length()) if adapter.pads else n + nb
+    out = adapter.forward(_pad(adapter, xp, joined, size))
+    if out.ndim not in (1, 2) or out.shape[0] != size:
+        return None
+    return tuple(adapter.split_rows(xp, out, [n, nb] + ([size - n - nb] if size > n + nb else []))[:2])
+
+
 def _forward(adapter: Adapter, xp, inputs: tuple, batch: int):
     """Model outputs over ``inputs`` in chunks of ``batch`` rows.
 
@@ -977,10 +989,8 @@ def run(
     if callable(target) and not isinstance(target, (str, type)):
         adapter, target = adapter.compose(target), None
     with _global_rng_guard(), adapter.session():
-        both = None if joined is None else _forward(adapter, xp, joined, batch_size)
-        if both is not None and both.ndim in (1, 2) and both.shape[0] == n + nb:
-            parts = both[:n, ...], both[n:, ...]
-        else:  # separately (also to say which input a wrong output shape came from)
+        parts = None if joined is None else _forward_joined(adapter, xp, joined, n, nb, batch_size)
+        if parts is None:
             parts = _forward(adapter, xp, x, batch_size), _forward(adapter, xp, background, batch_size)
         out_x = _targets.as_matrix(xp, parts[0], n)
         out_b = _targets.as_matrix(xp, parts[1], nb, "the model's output on `background`")
