@@ -273,13 +273,11 @@ class TensorFlowAdapter(Adapter):
                 return eager(xp, *arrays)
             if not self._xla:
                 return traced(False)(*arrays)
-            fn = traced(True)
-            if fn.experimental_get_tracing_count():
-                return fn(*arrays)
-            try:  # the first call compiles
-                return fn(*arrays)
+            try:
+                return traced(True)(*arrays)
             except (self._tf.errors.InvalidArgumentError, self._tf.errors.UnimplementedError):
-                # An op XLA cannot compile (a model error fails the plain graph the same way).
+                # An op XLA cannot compile (raised at a shape's first call). An error of the
+                # model's own is raised again by the plain graph.
                 self._xla = False
                 return traced(False)(*arrays)
 
