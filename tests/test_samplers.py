@@ -464,6 +464,48 @@ def test_column_step_slots_on_a_padding_adapter(problem):
         np.testing.assert_allclose(np.asarray(out.stderr), ref.stderr, rtol=1e-9, atol=1e-12)
 
 
+def test_a_padding_adapter_takes_fewer_column_groups_where_that_costs_no_chunk():
+    """200 samples over 100 background rows at batch_size 8192: the plan with the most
+    useful points per chunk is 81 rows x 2 column groups of 50; one group of 100 columns
+    at 40 rows is within 5% of it. A padding adapter takes the one group where it runs
+    the rows in no more chunks (200 rows: 5 chunks either way, no slots), not where the
+    last rows would cost a chunk more (201 rows: 6 chunks against 5)."""
+    from gradshap import _engine
+
+    sets = ((100, 2),)
+    assert _engine._column_plan(sets, 8192, 200) == (81, (50,))  # eager: the most useful points
+    assert _engine._column_chunks(sets, 81, (50,), 200) == 5 == _engine._column_chunks(sets, 40, (100,), 200)
+    assert _engine._column_chunks(sets, 81, (50,), 201) == 5 < _engine._column_chunks(sets, 40, (100,), 201) == 6
+    assert _engine._column_plan(sets, 8192, 200, True) == (40, (100,))
+    assert _engine._column_plan(sets, 8192, 201, True) == (81, (50,))
+    assert _engine._column_plan(sets, 8192, 1000, True) == (40, (100,))
+    # Whatever it takes, a padding adapter never runs more chunks than the first plan would.
+    for sets, batch in [(((100, 2),), 8192), (((8, 4), (56, 3)), 334), (((5, 3), (11, 2)), 24)]:
+        first = _engine._column_plan(sets, batch, 10**6)
+        for n_rows in range(first[0], 4 * first[0] + 3):
+            k, widths = _engine._column_plan(sets, batch, n_rows, True)
+            assert _engine._column_chunks(sets, k, widths, n_rows) <= _engine._column_chunks(sets, *first, n_rows)
+
+
+def test_the_column_plan_changes_no_number_on_a_padding_adapter(rng):
+    """JAX at 200 rows (one group of 100 columns) and 201 rows (two of 50, with slots):
+    the same numbers as NumPy's eager run (whose plan is 81 rows x two groups)."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    w = rng.normal(size=(6, 3))
+    x, bg = rng.normal(size=(201, 3)), rng.normal(size=(100, 3))
+
+    def vg(p):
+        return np.tanh(p @ w[:3].T).sum(1), (1 - np.tanh(p @ w[:3].T) ** 2) @ w[:3]
+
+    for n_rows in (200, 201):
+        ref = gradshap.expected_gradients(vg, x[:n_rows], bg, n_samples=200, seed=4, batch_size=8192)
+        out = gradshap.GradientExplainer(lambda p: jnp.tanh(p @ jnp.asarray(w[:3]).T).sum(1), jnp.asarray(bg),
+                                         batch_size=8192)(jnp.asarray(x[:n_rows]), n_samples=200, seed=4)
+        np.testing.assert_allclose(np.asarray(out.values), ref.values, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(out.stderr), ref.stderr, rtol=1e-9, atol=1e-13)
+
+
 @pytest.mark.parametrize("sampler", ["lattice", "balanced"])
 @pytest.mark.parametrize(("n", "nb"), [(200, 100), (37, 10), (80, 16), (30, 7)])
 def test_column_layout_holds_the_draws_numbers(sampler, n, nb):
