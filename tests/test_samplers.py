@@ -464,27 +464,33 @@ def test_column_step_slots_on_a_padding_adapter(problem):
         np.testing.assert_allclose(np.asarray(out.stderr), ref.stderr, rtol=1e-9, atol=1e-12)
 
 
-def test_a_padding_adapter_takes_fewer_column_groups_where_that_costs_no_chunk():
+def test_the_column_plan_takes_fewer_column_groups_where_that_costs_no_chunk():
     """200 samples over 100 background rows at batch_size 8192: the plan with the most
     useful points per chunk is 81 rows x 2 column groups of 50; one group of 100 columns
-    at 40 rows is within 5% of it. A padding adapter takes the one group where it runs
-    the rows in no more chunks (200 rows: 5 chunks either way, no slots), not where the
-    last rows would cost a chunk more (201 rows: 6 chunks against 5)."""
+    at 40 rows is within 5% of it. It is taken where it runs the rows in no more chunks
+    (200 rows: 5 chunks either way; a padding adapter has no slots then), not where the
+    last rows would cost a chunk more (a padding adapter at 201 rows: 6 chunks against 5,
+    the last 39 rows' 78 slots filling one chunk)."""
     from gradshap import _engine
 
-    sets = ((100, 2),)
-    assert _engine._column_plan(sets, 8192, 200) == (81, (50,))  # eager: the most useful points
-    assert _engine._column_chunks(sets, 81, (50,), 200) == 5 == _engine._column_chunks(sets, 40, (100,), 200)
-    assert _engine._column_chunks(sets, 81, (50,), 201) == 5 < _engine._column_chunks(sets, 40, (100,), 201) == 6
-    assert _engine._column_plan(sets, 8192, 200, True) == (40, (100,))
-    assert _engine._column_plan(sets, 8192, 201, True) == (81, (50,))
-    assert _engine._column_plan(sets, 8192, 1000, True) == (40, (100,))
-    # Whatever it takes, a padding adapter never runs more chunks than the first plan would.
-    for sets, batch in [(((100, 2),), 8192), (((8, 4), (56, 3)), 334), (((5, 3), (11, 2)), 24)]:
+    sets, best = ((100, 2),), (81, (50,))
+    assert _engine._column_plan(sets, 8192, 10**6, True) == best
+    assert _engine._column_chunks(sets, *best, 200, True) == 5 == _engine._column_chunks(sets, 40, (100,), 200, True)
+    assert _engine._column_chunks(sets, *best, 201, True) == 5 < _engine._column_chunks(sets, 40, (100,), 201, True)
+    assert _engine._column_chunks(sets, *best, 200) == 6 > _engine._column_chunks(sets, 40, (100,), 200) == 5
+    for pads in (False, True):
+        assert _engine._column_plan(sets, 8192, 200, pads) == (40, (100,))
+        assert _engine._column_plan(sets, 8192, 1000, pads) == (40, (100,))
+    assert _engine._column_plan(sets, 8192, 201, True) == best
+    # Whatever it takes, no call runs more chunks than the first plan would.
+    for sets, batch in [(((100, 2),), 8192), (((8, 4), (56, 3)), 334), (((8, 4), (56, 3)), 167),
+                        (((5, 3), (11, 2)), 24)]:
         first = _engine._column_plan(sets, batch, 10**6)
-        for n_rows in range(first[0], 4 * first[0] + 3):
-            k, widths = _engine._column_plan(sets, batch, n_rows, True)
-            assert _engine._column_chunks(sets, k, widths, n_rows) <= _engine._column_chunks(sets, *first, n_rows)
+        for pads in (False, True):
+            for n_rows in range(first[0], 4 * first[0] + 3):
+                k, widths = _engine._column_plan(sets, batch, n_rows, pads)
+                assert _engine._column_chunks(sets, k, widths, n_rows, pads) <= \
+                    _engine._column_chunks(sets, *first, n_rows, pads)
 
 
 def test_the_column_plan_changes_no_number_on_a_padding_adapter(rng):
