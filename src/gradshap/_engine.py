@@ -495,8 +495,8 @@ def _column_plan(sets: tuple, batch_size: int, n_rows: int, pads: bool = False) 
     its columns; each set's columns are cut into equal groups. Taken: the most useful
     points per chunk (so the fewest chunks for many rows), then the fewest column groups,
     then the most rows. That plan depends on neither the data nor the row count, so a
-    padding adapter sees the same chunk shapes in every call; only a call with fewer rows
-    than it holds gets its own plan, the fewest chunks for exactly ``n_rows`` rows.
+    padding adapter sees few chunk shapes across calls; only a call with fewer rows than
+    it holds gets its own plan, the fewest chunks for exactly ``n_rows`` rows.
 
     A second plan, the fewest column groups among those within 5% of the most useful
     points, is taken instead where it runs ``n_rows`` in no more chunks
