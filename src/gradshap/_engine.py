@@ -92,12 +92,18 @@ def _pad(adapter: Adapter, xp, arrays: tuple, size: int) -> tuple:
     return tuple(xp.take(a, idx, axis=0) for a in arrays)
 
 
+def _forward_size(adapter: Adapter, m: int, batch: int) -> int:
+    """Rows a forward chunk of ``m`` rows runs with: a padding adapter pads it to the next
+    power of two (at most ``batch``), so few shapes are compiled; others run ``m``."""
+    return min(batch, 1 << (m - 1).bit_length()) if adapter.pads else m
+
+
 def _forward_joined(adapter: Adapter, xp, joined: tuple, n: int, nb: int, batch: int):
     """The outputs at the ``n`` rows of x and the ``nb`` of the background, ``joined`` (they
     fit one chunk), from one forward pass, cut apart in one op; ``None`` if the output is not
     one row per input row (the caller then runs them apart, to say which input a wrong
     shape came from)."""
-    size = min(batch, 1 << (n + nb - 1).bit_length()) if adapter.pads else n + nb
+    size = _forward_size(adapter, n + nb, batch)
     out = adapter.forward(_pad(adapter, xp, joined, size))
     if out.ndim not in (1, 2) or out.shape[0] != size:
         return None
@@ -116,7 +122,7 @@ def _forward(adapter: Adapter, xp, inputs: tuple, batch: int):
     for r0 in range(0, n, batch):
         part = tuple(a[r0 : min(n, r0 + batch), ...] for a in inputs) if n > batch else inputs
         m = part[0].shape[0]
-        size = min(batch, 1 << (m - 1).bit_length()) if adapter.pads else m
+        size = _forward_size(adapter, m, batch)
         out = adapter.forward(_pad(adapter, xp, part, size))
         outs.append(out[:m, ...] if size != m else out)
     return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
