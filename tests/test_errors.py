@@ -53,6 +53,46 @@ def test_non_finite_found_with_x_and_background_checked_together(where):
         ex(x, n_samples=10, seed=0)
 
 
+@pytest.mark.parametrize("framework", ["numpy", "jax", "tensorflow"])
+def test_non_finite_input_is_named_even_where_the_model_hides_it(framework):
+    """A compiling adapter reads the inputs' check after the model has run (one wait on
+    the device, not two); NumPy checks first. A model that maps NaN to a finite output and
+    gradient must not let it by either way."""
+    w = np.array([1.0, -2.0, 0.5])
+    if framework == "numpy":
+        model, to_array = (lambda p: np.nan_to_num(p) @ w, lambda p: np.broadcast_to(w, p.shape)), np.asarray
+    elif framework == "jax":
+        jnp = import_or_fail("jax.numpy")
+        model, to_array = (lambda p: jnp.nan_to_num(p) @ jnp.asarray(w)), jnp.asarray
+    else:
+        tf = import_or_fail("tensorflow")
+        model, to_array = (lambda p: tf.where(tf.math.is_nan(p), tf.zeros_like(p), p) @ tf.constant(w[:, None])), \
+            tf.constant
+    x = np.ones((4, 3))
+    x[1, 2] = np.nan
+    ex = gradshap.GradientExplainer(model, to_array(np.zeros((5, 3))), framework=framework)
+    with pytest.raises(ValueError, match=r"`x` contains NaN or inf in row\(s\) 1"):
+        ex(to_array(x), n_samples=10, seed=0)
+
+
+def test_adaptive_rounds_check_the_inputs_before_the_model_runs():
+    """Adaptive rounds read values between rounds, so a NaN input would run every round up
+    to max_samples before its error: there the inputs are checked before any model call."""
+    calls = []
+    w = np.array([1.0, -2.0, 0.5])
+
+    def f(p):
+        calls.append(p.shape)
+        return p @ w
+
+    x = np.ones((4, 3))
+    x[3, 0] = np.inf
+    ex = gradshap.GradientExplainer((f, lambda p: np.broadcast_to(w, p.shape)), np.zeros((5, 3)), framework="numpy")
+    with pytest.raises(ValueError, match=r"`x` contains NaN or inf in row\(s\) 3"):
+        ex(x, n_samples=8, seed=0, rtol=0.01, max_samples=64)
+    assert calls == []
+
+
 def test_huge_finite_inputs_whose_sum_overflows_are_accepted():
     x = np.full((2, 3), 3e38, dtype=np.float32)
     bg = np.full((4, 3), 3e38, dtype=np.float32)  # the sum is inf in float32; every value is finite

@@ -1015,10 +1015,22 @@ def run(
     # (one call, one reduction to check finiteness); larger x is not copied. Only a failed
     # check looks for the rows (a sum of finite numbers may also overflow).
     joined = tuple(xp.concat([a, b], axis=0) for a, b in zip(x, background)) if n + nb <= batch_size else None
-    if not all(_validation.all_finite(xp, a) for a in (joined or x + background)):
-        _validation.check_arrays(xp, x, background)
     design = sampler if isinstance(sampler, _sampling.Design) else _sampling.plan(sampler, n_samples, nb)
     rtol, max_blocks = _check_adaptive(rtol, max_samples, n_samples, design)
+    # The inputs' finiteness. Reading a check waits for the device, so a compiling adapter
+    # (whose programs the host queues) without adaptive rounds (which read values between
+    # rounds) queues the inputs' sums now and reads them with the first target's check of
+    # its values: one wait where there were two (JAX MLP 10.06 -> 9.66 ms, TF 9.63 -> 9.09,
+    # A/B in one process). The clear error for a NaN or inf input then comes after the
+    # model has run on it. Eager frameworks gain nothing, and NumPy would warn of inf - inf.
+    checked = joined or x + background
+    input_probe = None
+    if adapter.pads and rtol is None and not any(_validation.is_lazy(a) for a in checked):
+        acc_in = _accumulation_dtype(xp, x[0].dtype)
+        sums = [xp.sum(xp.astype(a, acc_in, copy=False)) for a in checked]
+        input_probe = sum(sums[1:], sums[0])
+    elif not all(_validation.all_finite(xp, a) for a in checked):
+        _validation.check_arrays(xp, x, background)
     key = _sampling.seed_key(seed)
     if callable(target) and not isinstance(target, (str, type)):
         adapter, target = adapter.compose(target), None
@@ -1070,7 +1082,12 @@ def run(
                 per_target.append((vals, errs, base, output, total - (output - base), used, met))
                 # Checked last: reading the check waits for the device, so the ops above are
                 # queued first.
-                if not _validation.all_finite(xp, total):
+                if input_probe is not None:
+                    total_probe, input_probe = xp.sum(total) + input_probe, None
+                    if not _validation.all_finite(xp, total_probe):
+                        _validation.check_arrays(xp, x, background)
+                        _check_gradients(xp, vals, "the selected target")
+                elif not _validation.all_finite(xp, total):
                     _check_gradients(xp, vals, "the selected target")
         finally:
             if bar is not None:
