@@ -600,8 +600,13 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
     parts: list = []
     pieces = _row_groups(adapter, xp, (*x, cot_rows), k_rows)
 
-    for d0 in range(0, head, draw_rows):
-        rows = np.arange(d0, min(head, d0 + draw_rows))
+    # A compiling adapter's first draw is one row group's: its step is queued at once, and
+    # the device runs it while the host draws the rest (JAX MLP 6.86 -> 6.55 ms, TF 10.00
+    # -> 9.43 ms, A/B in one process).
+    first = k_rows if adapter.pads and head > k_rows else draw_rows
+    starts = [0, *range(first, head, draw_rows)] if head else []
+    for i, d0 in enumerate(starts):
+        rows = np.arange(d0, starts[i + 1] if i + 1 < len(starts) else head)
         baseline, alpha = _sampling.columns(design, key, rows)
         if not adapter.pads:  # one conversion per draw; chunks take views
             baseline, alpha = adapter.step_array(xp, baseline, device=device), \
