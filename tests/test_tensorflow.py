@@ -100,6 +100,22 @@ def test_float64(linear):
     np.testing.assert_allclose(exp.values.numpy(), w * (x - bg.mean(0)), rtol=0, atol=1e-12)
 
 
+def test_float32_inputs_and_a_float64_output(linear):
+    """TF adds no mixed dtypes: the inputs' finiteness sums (float32) and the values' check
+    (the output's float64) are read together, so they must meet in one dtype."""
+    w, x, bg = linear
+    tw = tf.constant(w[:, None])
+    exp = gradshap.GradientExplainer(lambda p: tf.cast(p @ tw, tf.float64), tf.constant(bg))(
+        tf.constant(x), n_samples=16, sampler="balanced", seed=0)
+    assert exp.values.dtype == tf.float32 and exp.output.dtype == tf.float64
+    np.testing.assert_allclose(exp.values.numpy(), w * (x - bg.mean(0)), rtol=0, atol=ATOL)
+    bad = x.copy()
+    bad[1, 0] = np.inf
+    with pytest.raises(ValueError, match=r"`x` contains NaN or inf in row\(s\) 1"):
+        gradshap.GradientExplainer(lambda p: tf.cast(p @ tw, tf.float64), tf.constant(bg))(
+            tf.constant(bad), n_samples=16, seed=0)
+
+
 def test_traces_once_per_shape_not_per_chunk(linear):
     w, _, bg = linear
     model = Linear(w)

@@ -1088,7 +1088,8 @@ def run(
                 # Checked last: reading the check waits for the device, so the ops above are
                 # queued first.
                 if input_probe is not None:
-                    total_probe, input_probe = xp.sum(total) + input_probe, None
+                    total_probe = xp.sum(total) + xp.astype(input_probe, acc, copy=False)
+                    input_probe = None
                     if not _validation.all_finite(xp, total_probe):
                         _validation.check_arrays(xp, x, background)
                         _check_gradients(xp, vals, "the selected target")
