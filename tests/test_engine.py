@@ -158,6 +158,31 @@ def test_per_row_predicted_and_callable_targets(rng):
     np.testing.assert_allclose(predicted.output, f(x).max(1), rtol=1e-13)
 
 
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_targets_made_on_the_host_equal_the_device_one_hot(framework, rng):
+    """int, list and NumPy per-row targets build their cotangents on the host; a per-row
+    target in the framework's own array type builds them with the framework's ops. Both
+    explain the same scalars."""
+    weights = mlp_weights(rng)
+    make = {"torch": lambda w: torch_mlp(w, "float32"), "jax": jax_mlp}[framework]
+    lib = import_or_fail(framework)
+    asarray = lib.as_tensor if framework == "torch" else lib.numpy.asarray
+    bg, x = rng.normal(size=(7, 6)).astype(np.float32), rng.normal(size=(5, 6)).astype(np.float32)
+    explainer = gradshap.GradientExplainer(make(weights), asarray(bg))
+    xa = asarray(x)
+    per_row = np.array([0, 2, 1, 1, 0])
+    on_device = explainer(xa, target=asarray(per_row), n_samples=16, seed=4)
+    on_host = explainer(xa, target=per_row, n_samples=16, seed=4)
+    np.testing.assert_array_equal(np.asarray(on_host.values), np.asarray(on_device.values))
+    np.testing.assert_array_equal(np.asarray(on_host.output), np.asarray(on_device.output))
+    assert type(on_host.values) is type(on_device.values) and on_host.values.dtype == on_device.values.dtype
+    ones = explainer(xa, target=asarray(np.full(5, 2)), n_samples=16, seed=4)
+    for target in (2, [2]):
+        exp = explainer(xa, target=target, n_samples=16, seed=4)
+        values = np.asarray(exp.values)
+        np.testing.assert_array_equal(values[..., 0] if isinstance(target, list) else values, np.asarray(ones.values))
+
+
 def test_callable_target_in_torch(rng):
     torch = import_or_fail("torch")
     weights = mlp_weights(rng)

@@ -1050,7 +1050,9 @@ def run(
         out_b = xp.astype(out_b, acc, copy=False)
         # Per-row baselines (Integrated Gradients) compare with their own baseline.
         ref_b = out_b if design.paired else xp.expand_dims(xp.mean(out_b, axis=0), axis=0)
-        selection = _targets.select(xp, target, out_x, dtype=x[0].dtype)
+        device = _validation.device_of(xp, x[0])
+        selection = _targets.select(xp, target, out_x, dtype=x[0].dtype,
+                                    place=lambda a, dtype: adapter.step_array(xp, a, dtype=dtype, device=device))
         total_grads = n * design.n_samples * len(selection.cotangents) if rtol is None else None
         bar = _progress_bar(progress, total_grads)
         try:
