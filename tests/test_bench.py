@@ -62,6 +62,19 @@ def test_quick_bench_rows_ran_and_agree(quick_report):
     assert {"rss_rise_mib", "scaling"} <= set(mem)
 
 
+def test_floor_is_the_faster_of_the_sweeps_two_best_in_the_timed_rounds():
+    import bench
+
+    row = {"best": "1024", "times": [0.0138, 0.0139, 0.0153]}
+    bench.settle_floor(row, "4096", [0.0104, 0.0110, 0.0200])
+    assert row["best"] == "4096" and row["times"] == [0.0104, 0.0110, 0.0200]
+    assert row["runner_up"] == {"best": "1024", "median_s": 0.0139}
+    row = {"best": "4096", "times": [0.0104, 0.0105, 0.0106]}
+    bench.settle_floor(row, "1024", [0.0138, 0.0139, 0.0100])
+    assert row["best"] == "4096" and row["times"] == [0.0104, 0.0105, 0.0106]
+    assert row["runner_up"] == {"best": "1024", "median_s": 0.0138}
+
+
 def test_bench_rejects_unknown_workload(capsys):
     import bench
 
