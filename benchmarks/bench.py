@@ -387,7 +387,8 @@ def row_floor(group: Group, model, case: Case, opts: dict):
     The candidates are timed interleaved (round r runs each once) and ranked by their
     fastest run: on a shared machine, load only ever adds time, so the minimum is the
     least disturbed reading, and a candidate is not favoured because a burst of load hit
-    the others.
+    the others. The two fastest go on to the timed rounds (``runner_up`` in the details);
+    :func:`settle_floor` keeps the one with the lower median there.
     """
     chunks = FLOOR_CHUNKS[case.wl.name]
     n_points = len(case.points)
@@ -406,17 +407,14 @@ def row_floor(group: Group, model, case: Case, opts: dict):
             times[name].append(_timed(run)[0])
     sweep = {name: min(t) for name, t in times.items()}
     ranked = sorted(sweep, key=sweep.get)
-    best = ranked[0]
-    chunk, _, variant = best.partition("/")
-    details = {"best": best, "sweep": sweep}
+    details = {"best": ranked[0], "sweep": sweep}
     if len(ranked) > 1 and not opts["quick"]:
         # The runner-up is timed too, in the same rounds as the other rows; the floor is the
         # one of the two with the lower median there (see worker_time). Three sweep rounds
         # can all be disturbed: one run picked 1,024 points for the torch MLP, whose 4,096
         # ran at 20.3 ms in the sweep and at 10.4-11 ms otherwise; that floor read 13.8 ms.
-        alt_chunk, _, alt_variant = ranked[1].partition("/")
-        details["runner_up"] = (ranked[1], group.floor_runner(model, case, int(alt_chunk), alt_variant))
-    return group.floor_runner(model, case, int(chunk), variant), details
+        details["runner_up"] = (ranked[1], runs[ranked[1]])
+    return runs[ranked[0]], details  # both warmed up by the sweep
 
 
 def row_gradshap(group: Group, model, case: Case, opts: dict):
