@@ -657,29 +657,34 @@ def _status_mib(field: str) -> float:
     return float("nan")
 
 
-def _fix_heap_threshold() -> None:
-    """Big blocks (>= 128 KiB) mapped and returned to the OS when freed, at every size
-    (glibc only; see the module docstring)."""
+def _libc():
+    """The C library through ctypes, or ``None`` where it cannot be loaded."""
     import ctypes
     import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def _fix_heap_threshold() -> None:
+    """Big blocks (>= 128 KiB) mapped and returned to the OS when freed, at every size
+    (glibc only; see the module docstring)."""
+    try:
+        libc = _libc()
         libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: setting it turns off the dynamic threshold
         libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD: the heap's free top goes back too
-    except (OSError, AttributeError):
+    except AttributeError:  # no libc, or not glibc
         pass
 
 
 def _release_free_memory() -> None:
     """Give the C heap's free pages back to the OS, so that the next peak is measured
     from what is live, not hidden by buffers a warm-up freed (glibc only)."""
-    import ctypes
-    import ctypes.util
-
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
+        _libc().malloc_trim(0)
+    except AttributeError:  # no libc, or not glibc
         pass
 
 

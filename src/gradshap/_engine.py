@@ -1011,9 +1011,10 @@ def run(
     stdevs = _validation.check_nonnegative_float(stdevs, "stdevs")
     xp = _validation.namespace_of(x + background, "x") if xp is None else xp
     _validation.check_arrays(xp, x, background, finite=False)
+    device = _validation.device_of(xp, x[0])
     feature_size = sum(math.prod(a.shape[1:]) for a in x)
     if batch_size is None:
-        batch_size = default_batch_size(feature_size, device=_validation.device_of(xp, x[0]), compiled=adapter.pads)
+        batch_size = default_batch_size(feature_size, device=device, compiled=adapter.pads)
     batch_size = _validation.check_positive_int(batch_size, "batch_size")
     n, nb = x[0].shape[0], background[0].shape[0]
     # Where x and the background fit one forward chunk, they go through the model together
@@ -1050,7 +1051,6 @@ def run(
         out_b = xp.astype(out_b, acc, copy=False)
         # Per-row baselines (Integrated Gradients) compare with their own baseline.
         ref_b = out_b if design.paired else xp.expand_dims(xp.mean(out_b, axis=0), axis=0)
-        device = _validation.device_of(xp, x[0])
         selection = _targets.select(xp, target, out_x, dtype=x[0].dtype,
                                     place=lambda a, dtype: adapter.step_array(xp, a, dtype=dtype, device=device))
         total_grads = n * design.n_samples * len(selection.cotangents) if rtol is None else None

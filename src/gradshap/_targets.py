@@ -62,7 +62,9 @@ def _check_int(t: Any, n_outputs: int) -> int:
 
 def _host_one_hot(index: np.ndarray, n: int, k: int) -> np.ndarray:
     """One-hot rows ``(n, k)`` on the host; ``index`` is one class or one per row."""
-    return (np.arange(k)[None, :] == np.reshape(index, (-1, 1))).astype(np.float64) * np.ones((n, 1))
+    rows = np.zeros((n, k))
+    rows[np.arange(n), np.broadcast_to(index, (n,))] = 1.0
+    return rows
 
 
 def select(xp, target: Any, outputs, *, dtype, place: Callable | None = None) -> Selection:
