@@ -85,3 +85,65 @@ def test_jax_float32_default_stays_float32(rng):
     exp = gradshap.GradientExplainer(lambda p: p @ w, bg)(x, n_samples=12, sampler="balanced", seed=0)
     assert exp.values.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(exp.values), np.asarray(w * (x - bg.mean(0))), rtol=1e-5, atol=1e-6)
+
+
+def test_whole_call_programs_match_the_numpy_reference_for_every_target(rng, monkeypatch):
+    """A dense model on JAX runs the column step as whole programs (outputs, stretches of
+    rows looped over inside, results): 23 rows at batch_size 12 are four stretches, the
+    30 samples over 7 background rows two column counts (2 columns of 5, 5 of 4) whose
+    groups of 3 columns reach back, and the last chunk of each set is filled with
+    repeated slots. Every kind of target gives the
+    NumPy reference's numbers, through programs, not per-chunk steps."""
+    jnp = import_or_fail("jax").numpy
+    from gradshap import _engine
+
+    programs = []
+    run_program = _engine._attribute_program
+    monkeypatch.setattr(_engine, "_attribute_program", lambda *a, **k: programs.append(1) or run_program(*a, **k))
+    weights = mlp_weights(rng)
+    params = {"layers": [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights], "scale": 1.0}
+    bg, x = rng.normal(size=(7, 6)), rng.normal(size=(23, 6))
+    explainer = gradshap.GradientExplainer(functools.partial(_apply, params), jnp.asarray(bg), batch_size=12)
+    fnp = numpy_mlp(weights)
+    per_row = rng.integers(0, 3, size=23)
+    for target in (2, [0, 2], "predicted", per_row, jnp.asarray(per_row)):
+        exp = explainer(jnp.asarray(x), target=target, n_samples=30, seed=5)
+        ref = _reference(weights, bg, x, target=target if not hasattr(target, "devices") else per_row,
+                         n_samples=30, seed=5)
+        for name in ("values", "stderr", "base_values", "output", "delta"):
+            np.testing.assert_allclose(np.asarray(getattr(exp, name)), getattr(ref, name), rtol=1e-9, atol=1e-12,
+                                       err_msg=f"{name} for target {target!r}")
+    assert len(programs) == 6  # one per target; the list has two
+    picked = explainer(jnp.asarray(x[:5]), target=lambda out: out[:, 1] - out[:, 0], n_samples=30, seed=5)
+    ref = gradshap.GradientExplainer((lambda p: fnp[0](p)[:, 1] - fnp[0](p)[:, 0], lambda p: fnp[1](p)[:, 1] - fnp[1](p)[:, 0]),
+                                     bg, framework="numpy")(x[:5], n_samples=30, seed=5)
+    np.testing.assert_allclose(np.asarray(picked.values), ref.values, rtol=1e-9, atol=1e-12)
+    assert len(programs) == 7
+
+
+def test_convolutions_on_cpu_run_a_compiled_step_per_chunk(rng):
+    """XLA's CPU runtime runs a convolution's VJP slower inside a loop than called per
+    chunk, so a model with one gets no row loop there; a dense model gets lax.map."""
+    jax = import_or_fail("jax")
+    jnp = jax.numpy
+    from gradshap.backends import jax as jax_backend
+
+    kernel = jnp.asarray(rng.normal(size=(2, 1, 3, 3)))
+
+    def conv(x):
+        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME")
+        return jnp.sum(jnp.tanh(y), axis=(1, 2, 3))
+
+    images = jnp.asarray(rng.normal(size=(4, 1, 6, 6)))
+    dense = jnp.asarray(rng.normal(size=(5,)))
+    assert gradshap.GradientExplainer(conv, images).adapter.row_loop((images,)) is None
+    rows = jnp.asarray(rng.normal(size=(4, 5)))
+    assert gradshap.GradientExplainer(lambda v: jnp.tanh(v) @ dense, rows).adapter.row_loop((rows,)) is jax_backend.map_rows
+    # Run as programs anyway (its 8 samples over 4 images take the column step), it gives
+    # the per-chunk steps' numbers.
+    forced = gradshap.GradientExplainer(conv, images)
+    forced.adapter.row_loop = lambda points: jax_backend.map_rows
+    exp = forced(images[:3], n_samples=8, seed=1)
+    ref = gradshap.GradientExplainer(conv, images)(images[:3], n_samples=8, seed=1)
+    np.testing.assert_allclose(np.asarray(exp.values), np.asarray(ref.values), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(exp.stderr), np.asarray(ref.stderr), rtol=1e-9, atol=1e-12)

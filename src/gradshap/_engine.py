@@ -697,6 +697,160 @@ def _column_slots(adapter, xp, step, x, background, cot_rows, rows, groups, *, d
     return totals
 
 
+# Whole calls as programs. Where the adapter compiles whole programs and runs loops inside
+# them at full speed (:meth:`Adapter.row_loop`: JAX), eager ops each cost a dispatch and, at
+# every new shape, a compile: the 200-row MLP of benchmarks/ ran about 25 of them per call
+# (4 ms of host time, where the floor's whole work takes 5 ms), and a call with a new row
+# count compiled each anew (0.6 to 0.9 s). A column-step call there is three programs:
+# the model's outputs (:func:`_outputs_program`), each stretch of rows
+# (:func:`_rows_program`, its chunks looped over inside) and the results
+# (:func:`_finish_program`).
+
+
+class _NotRows(Exception):
+    """Raised while tracing :func:`_outputs_program`: the model's output is not one row per
+    input row. The eager path then runs x and the background apart, to say which."""
+
+
+@functools.lru_cache(maxsize=None)
+def _program(fn: Callable, **static) -> Callable:
+    """``fn`` with its static arguments bound, the same object for the same arguments (the
+    adapter keeps one compiled program per function object)."""
+    return functools.partial(fn, **static)
+
+
+def _outputs_program(xp, value_and_grad, x, background, *, paired: bool, probe: bool):
+    """The model's outputs at ``x`` and at the background, from one forward pass over both.
+
+    Returns ``out_x`` ``(n, K)`` in the accumulation dtype; the reference the base value is
+    taken from (the background's mean output ``(1, K)``, or with ``paired`` baselines each
+    row's own, ``(nb, K)``); and with ``probe`` the sum of the inputs, whose finiteness is
+    read with the results' (see :func:`run`), else ``None``. ``value_and_grad(points,
+    None)`` is the forward pass alone.
+    """
+    n, nb = x[0].shape[0], background[0].shape[0]
+    joined = tuple(xp.concat([a, b], axis=0) for a, b in zip(x, background))
+    out, _ = value_and_grad(joined, None)
+    if out.ndim not in (1, 2) or out.shape[0] != n + nb:
+        raise _NotRows
+    acc = _accumulation_dtype(xp, out.dtype)
+    out = xp.astype(xp.reshape(out, (n + nb, -1)), acc, copy=False)
+    out_b = out[n:, ...]
+    ref_b = out_b if paired else xp.mean(out_b, axis=0, keepdims=True)
+    total = None
+    if probe:
+        acc_in = _accumulation_dtype(xp, x[0].dtype)
+        sums = [xp.sum(xp.astype(a, acc_in, copy=False)) for a in joined]
+        total = sum(sums[1:], sums[0])
+    return out[:n, ...], ref_b, total
+
+
+def _rows_program(xp, value_and_grad, x_rows, background, cot, sets, *, map_rows: Callable):
+    """The shares of the estimate and of its variance of a stretch of ``m`` rows (``x_rows``
+    per input, ``cot``), per input ``(m, F)``.
+
+    Slots as in :func:`_column_slots`: per set of equal counts, one slot per (row, column
+    group), column-group-major, ``k`` slots per chunk of :func:`_chunk_columns`; the last
+    chunk is filled with copies of the first slot, dropped after. ``sets`` holds per set the
+    slots' rows and column groups ``(C, k)``, background rows ``(C, k, width)`` and alphas
+    ``(C, k, passes, width)``, and per column group the weights of :func:`_chunk_columns`
+    ``(groups, width, 1)``. ``map_rows(fn, arrays)`` runs ``fn`` on each chunk (the leading
+    axis of every array in ``arrays``) and stacks the results.
+    """
+    m = cot.shape[0]
+    totals = None
+    for rows, groups, baselines, alphas, est_w, var_w in sets:
+        n_slots = est_w.shape[0] * m
+
+        def chunk(arrays):
+            r, c, b, a = arrays
+            return _chunk_columns(xp, value_and_grad, tuple(xp.take(v, r, axis=0) for v in x_rows), background,
+                                  xp.take(cot, r, axis=0), b, a, xp.take(est_w, c, axis=0), xp.take(var_w, c, axis=0))
+
+        est, var = map_rows(chunk, (rows, groups, baselines, alphas))
+
+        def per_row(v):
+            slots = xp.reshape(v, (-1, v.shape[-1]))[:n_slots, ...]
+            return slots if n_slots == m else xp.sum(xp.reshape(slots, (n_slots // m, m, v.shape[-1])), axis=0)
+
+        totals = _add_shares(totals, ([per_row(v) for v in est], [per_row(v) for v in var]))
+    return totals
+
+
+def _finish_program(xp, value_and_grad, x, out_x, ref_b, cot, ests, variances, probe):
+    """A target's results from the stretches' shares (each per input ``(m, F)``, padded rows
+    last): values and standard errors per input ``(n, *features)``, base values, outputs
+    and completeness residuals ``(n,)``, and a sum whose finiteness says all of them (and,
+    with ``probe``, the inputs) are finite."""
+    n, acc = out_x.shape[0], out_x.dtype
+    cot_acc = xp.astype(cot, acc, copy=False)
+
+    def joined(parts, pos, a):
+        whole = parts[0][pos] if len(parts) == 1 else xp.concat([p[pos] for p in parts], axis=0)
+        return xp.reshape(whole[:n, ...], (n, *a.shape[1:]))
+
+    values = [joined(ests, pos, a) for pos, a in enumerate(x)]
+    errs = [xp.sqrt(joined(variances, pos, a)) for pos, a in enumerate(x)]
+    output, base = xp.sum(out_x * cot_acc, axis=1), xp.sum(ref_b * cot_acc, axis=1)
+    total = sum(xp.sum(xp.reshape(v, (n, -1)), axis=1) for v in values)
+    check = xp.sum(total) if probe is None else xp.sum(total) + xp.astype(probe, acc, copy=False)
+    return values, errs, base, output, total - (output - base), check
+
+
+def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, batch_size, bar, loop):
+    """:func:`_attribute_columns` as programs: the shares of each stretch of rows, per input
+    ``(m, F)`` (for :func:`_finish_program`).
+
+    A stretch is as many rows as the host draws for at once (about ``_CHUNKS_PER_DRAW``
+    chunks' worth, so memory stays set by ``batch_size``); its program compiles once per row
+    count of a stretch, so calls with more rows than a stretch reuse the full stretches'.
+    """
+    n = x[0].shape[0]
+    acc = _accumulation_dtype(xp, x[0].dtype)
+    device = _validation.device_of(xp, x[0])
+    g = design.columns
+    sets = _column_sets(design)
+    k_rows, widths = _column_plan(tuple((c1 - c0, p) for c0, c1, p in sets), batch_size, n, True)
+    k = min(k_rows, n)
+    a, b, _ = design.column_constants(1)
+    coef = a / (b * design.counts) / g**2
+    # Per set, its column groups, of equal widths: the last reaches back over columns the
+    # group before it owns, which weigh 0 there.
+    layout = []
+    for (first, stop, passes), gc in zip(sets, widths):
+        starts = list(range(first, stop, gc))
+        spans = [(max(first, min(stop, c0 + gc) - gc), min(stop, c0 + gc)) for c0 in starts]
+        weights = np.zeros((2, len(starts), spans[0][1] - spans[0][0], 1))
+        for j, (c0, (lo, c1)) in enumerate(zip(starts, spans)):
+            weights[0, j, c0 - lo :, 0], weights[1, j, c0 - lo :, 0] = 1.0 / g, coef[c0:c1]
+        layout.append((passes, spans, tuple(adapter.step_array(xp, w, dtype=acc, device=device) for w in weights)))
+    step = adapter.fuse(_program(_rows_program, map_rows=loop))
+    stretch = k * max(1, min(_DRAWS_PER_CALL, _CHUNKS_PER_DRAW * batch_size) // (k * design.n_samples))
+    ests, variances = [], []
+    for r0 in range(0, n, stretch):
+        r1 = min(n, r0 + stretch)
+        m = r1 - r0
+        baseline, alpha = _sampling.columns(design, key, np.arange(r0, r1))
+        args = []
+        for passes, spans, (est_w, var_w) in layout:
+            n_slots = m * len(spans)
+            pick = np.arange(-(-n_slots // k) * k) % n_slots  # the last chunk repeats the first slots
+            slot_groups = pick // m
+            args.append(tuple(adapter.step_array(xp, np.reshape(v, (-1, k, *v.shape[1:])), dtype=dtype, device=device)
+                              for v, dtype in (
+                                  (pick % m, None), (slot_groups, None),
+                                  (np.concatenate([baseline[:, lo:c1] for lo, c1 in spans])[pick], None),
+                                  (np.concatenate([alpha[:, :passes, lo:c1] for lo, c1 in spans])[pick], acc)))
+                        + (est_w, var_w))
+        x_rows, cot = (x, cot_rows) if m == n else (tuple(v[r0:r1, ...] for v in x), cot_rows[r0:r1, ...])
+        est, var = step(xp, x_rows, background, cot, tuple(args))
+        ests.append(est)
+        variances.append(var)
+        if bar is not None:
+            bar.update(m * design.n_samples)
+    return ests, variances
+
+
 def _add_shares(totals, share):
     """Shares ``(estimates, variances)`` of disjoint columns added (``totals`` ``None`` at first)."""
     return share if totals is None else tuple([t + u for t, u in zip(tp, sp)] for tp, sp in zip(totals, share))
@@ -1017,12 +1171,19 @@ def run(
         batch_size = default_batch_size(feature_size, device=device, compiled=adapter.pads)
     batch_size = _validation.check_positive_int(batch_size, "batch_size")
     n, nb = x[0].shape[0], background[0].shape[0]
+    design = sampler if isinstance(sampler, _sampling.Design) else _sampling.plan(sampler, n_samples, nb)
+    rtol, max_blocks = _check_adaptive(rtol, max_samples, n_samples, design)
+    if callable(target) and not isinstance(target, (str, type)):
+        adapter, target = adapter.compose(target), None
+    # An adapter that compiles whole programs runs the column step's calls as three (see
+    # _attribute_program), on its own arrays.
+    loop = adapter.row_loop(x) if xp is adapter.xp and _uses_columns(design, stdevs, rtol, batch_size) else None
+    program = loop is not None
     # Where x and the background fit one forward chunk, they go through the model together
     # (one call, one reduction to check finiteness); larger x is not copied. Only a failed
     # check looks for the rows (a sum of finite numbers may also overflow).
-    joined = tuple(xp.concat([a, b], axis=0) for a, b in zip(x, background)) if n + nb <= batch_size else None
-    design = sampler if isinstance(sampler, _sampling.Design) else _sampling.plan(sampler, n_samples, nb)
-    rtol, max_blocks = _check_adaptive(rtol, max_samples, n_samples, design)
+    fits = n + nb <= batch_size
+    joined = tuple(xp.concat([a, b], axis=0) for a, b in zip(x, background)) if fits and not program else None
     # The inputs' finiteness. Reading a check waits for the device, so a compiling adapter
     # (whose programs the host queues) without adaptive rounds (which read values between
     # rounds) queues the inputs' sums now and reads them with the first target's check of
@@ -1030,27 +1191,37 @@ def run(
     # A/B in one process). The clear error for a NaN or inf input then comes after the
     # model has run on it. Eager frameworks gain nothing, and NumPy would warn of inf - inf.
     checked = joined or x + background
+    probe = adapter.pads and rtol is None and not any(_validation.is_lazy(a) for a in checked)
     input_probe = None
-    if adapter.pads and rtol is None and not any(_validation.is_lazy(a) for a in checked):
+    if probe and not (program and fits):  # else the outputs' program sums them
         acc_in = _accumulation_dtype(xp, x[0].dtype)
         sums = [xp.sum(xp.astype(a, acc_in, copy=False)) for a in checked]
         input_probe = sum(sums[1:], sums[0])
-    elif not all(_validation.all_finite(xp, a) for a in checked):
+    elif not probe and not all(_validation.all_finite(xp, a) for a in checked):
         _validation.check_arrays(xp, x, background)
     key = _sampling.seed_key(seed)
-    if callable(target) and not isinstance(target, (str, type)):
-        adapter, target = adapter.compose(target), None
     with _global_rng_guard(), adapter.session():
-        parts = None if joined is None else _forward_joined(adapter, xp, joined, n, nb, batch_size)
-        if parts is None:
-            parts = _forward(adapter, xp, x, batch_size), _forward(adapter, xp, background, batch_size)
-        out_x = _targets.as_matrix(xp, parts[0], n)
-        out_b = _targets.as_matrix(xp, parts[1], nb, "the model's output on `background`")
-        acc = _accumulation_dtype(xp, out_x.dtype)
-        out_x = xp.astype(out_x, acc, copy=False)
-        out_b = xp.astype(out_b, acc, copy=False)
-        # Per-row baselines (Integrated Gradients) compare with their own baseline.
-        ref_b = out_b if design.paired else xp.expand_dims(xp.mean(out_b, axis=0), axis=0)
+        outputs = None
+        if program and fits:
+            try:
+                outputs = adapter.fuse(_program(_outputs_program, paired=design.paired, probe=probe))(
+                    xp, x, background)
+            except _NotRows:  # the eager path below says which input's output is wrong
+                pass
+        if outputs is not None:
+            out_x, ref_b, input_probe = outputs
+        else:
+            parts = None if joined is None else _forward_joined(adapter, xp, joined, n, nb, batch_size)
+            if parts is None:
+                parts = _forward(adapter, xp, x, batch_size), _forward(adapter, xp, background, batch_size)
+            out_x = _targets.as_matrix(xp, parts[0], n)
+            out_b = _targets.as_matrix(xp, parts[1], nb, "the model's output on `background`")
+            acc = _accumulation_dtype(xp, out_x.dtype)
+            out_x = xp.astype(out_x, acc, copy=False)
+            out_b = xp.astype(out_b, acc, copy=False)
+            # Per-row baselines (Integrated Gradients) compare with their own baseline.
+            ref_b = out_b if design.paired else xp.expand_dims(xp.mean(out_b, axis=0), axis=0)
+        acc = out_x.dtype
         selection = _targets.select(xp, target, out_x, dtype=x[0].dtype,
                                     place=lambda a, dtype: adapter.step_array(xp, a, dtype=dtype, device=device))
         total_grads = n * design.n_samples * len(selection.cotangents) if rtol is None else None
@@ -1058,19 +1229,25 @@ def run(
         try:
             per_target = []
             for cot in selection.cotangents:
-                cot_acc = xp.astype(cot, acc, copy=False)
                 # Only adaptive rounds need the completeness target up front; otherwise the
                 # output and base value are made after the chunk steps are queued (an
                 # asynchronous device then starts on them while the host makes these).
-                gap = None if rtol is None else xp.sum(out_x * cot_acc, axis=1) - xp.sum(ref_b * cot_acc, axis=1)
+                gap = None
+                if rtol is not None:
+                    cot_acc = xp.astype(cot, acc, copy=False)
+                    gap = xp.sum(out_x * cot_acc, axis=1) - xp.sum(ref_b * cot_acc, axis=1)
                 while True:
                     try:
-                        attribute = _attribute_columns if _uses_columns(design, stdevs, rtol, batch_size) \
-                            else functools.partial(_attribute, stdevs=stdevs, rtol=rtol, max_blocks=max_blocks)
-                        vals, var, used, met = attribute(
-                            adapter, xp, x, background, cot, gap, design=design, key=key,
-                            batch_size=batch_size, bar=bar,
-                        )
+                        if program:
+                            shares = _attribute_program(adapter, xp, x, background, cot, design=design, key=key,
+                                                        batch_size=batch_size, bar=bar, loop=loop)
+                        else:
+                            attribute = _attribute_columns if _uses_columns(design, stdevs, rtol, batch_size) \
+                                else functools.partial(_attribute, stdevs=stdevs, rtol=rtol, max_blocks=max_blocks)
+                            vals, var, used, met = attribute(
+                                adapter, xp, x, background, cot, gap, design=design, key=key,
+                                batch_size=batch_size, bar=bar,
+                            )
                         break
                     except Exception as err:
                         if batch_size == 1 or not adapter.is_out_of_memory(err):
@@ -1083,20 +1260,25 @@ def run(
                         )
                         if bar is not None:
                             bar.reset()
-                output, base = xp.sum(out_x * cot_acc, axis=1), xp.sum(ref_b * cot_acc, axis=1)
-                total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, -1)), axis=1) for v in vals)
-                errs = [xp.sqrt(v) for v in var]
-                per_target.append((vals, errs, base, output, total - (output - base), used, met))
+                if program:
+                    vals, errs, base, output, delta, check = adapter.fuse(_finish_program)(
+                        xp, x, out_x, ref_b, cot, *shares, input_probe)
+                    used, met = design.n_samples, None
+                else:
+                    cot_acc = xp.astype(cot, acc, copy=False)
+                    output, base = xp.sum(out_x * cot_acc, axis=1), xp.sum(ref_b * cot_acc, axis=1)
+                    total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, -1)), axis=1) for v in vals)
+                    errs = [xp.sqrt(v) for v in var]
+                    delta = total - (output - base)
+                    check = total if input_probe is None else xp.sum(total) + xp.astype(input_probe, acc, copy=False)
+                per_target.append((vals, errs, base, output, delta, used, met))
                 # Checked last: reading the check waits for the device, so the ops above are
-                # queued first.
-                if input_probe is not None:
-                    total_probe = xp.sum(total) + xp.astype(input_probe, acc, copy=False)
-                    input_probe = None
-                    if not _validation.all_finite(xp, total_probe):
+                # queued first. The inputs' sum is read with the first target's.
+                if not _validation.all_finite(xp, check):
+                    if input_probe is not None:
                         _validation.check_arrays(xp, x, background)
-                        _check_gradients(xp, vals, "the selected target")
-                elif not _validation.all_finite(xp, total):
                     _check_gradients(xp, vals, "the selected target")
+                input_probe = None
         finally:
             if bar is not None:
                 bar.close()

@@ -65,6 +65,19 @@ class Adapter:
         """
         return lambda xp, *arrays: step(xp, self.value_and_grad, *arrays)
 
+    def row_loop(self, points: tuple) -> Callable | None:
+        """``None``, or where :meth:`fuse` compiles whole programs and a loop inside one runs
+        this model at full speed (JAX, but for convolutions on CPU): ``map_rows(fn,
+        arrays)``, ``fn`` applied inside the program to each slice along the leading axis of
+        ``arrays`` (a tuple of arrays and tuples of arrays), the results stacked.
+
+        With it the engine runs a call as a few programs that loop over their chunks
+        inside, and hands :meth:`fuse` steps that call ``value_and_grad(points, None)`` for
+        the outputs alone; without it, one compiled step per chunk. ``points``: the rows
+        to explain.
+        """
+        return None
+
     def step_array(self, xp, a, *, dtype=None, device=None):
         """A small host (NumPy) array (indices, weights) as an argument of a fused step or
         an operand of the engine's eager ops on ``xp`` arrays: in ``xp`` on ``device``.

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gradshap.backends import Adapter, require
-from gradshap.backends.jax import JaxAdapter, fuse_jitted
+from gradshap.backends.jax import JaxAdapter, fuse_jitted, row_loop
 from gradshap.backends.tensorflow import TensorFlowAdapter, single_output
 from gradshap.backends.torch import TorchAdapter
 
@@ -59,10 +59,14 @@ class _KerasJax(Adapter):
             return single_output(out if output_fn is None else output_fn(out))
 
         def value_and_grad(variables, points, cotangent):
+            if cotangent is None:  # the outputs alone (the engine's programs)
+                return call(variables, points), None
             out, pullback = jax.vjp(lambda *p: call(variables, p), *points)
             return out, pullback(cotangent.reshape(out.shape).astype(out.dtype))
 
         self._forward = jax.jit(call)
+        self._call = call
+        self._loops: dict = {}
         self._raw_value_and_grad = value_and_grad
         self._value_and_grad = jax.jit(value_and_grad)
         self._fused: dict = {}
@@ -83,6 +87,9 @@ class _KerasJax(Adapter):
 
     def fuse(self, step: Callable) -> Callable:
         return fuse_jitted(self._fused, step, self._raw_value_and_grad, self._variables)
+
+    def row_loop(self, points: tuple) -> Callable | None:
+        return row_loop(self._loops, self._call, self._variables(), points)
 
     def compose(self, fn: Callable) -> "_KerasJax":
         return _KerasJax(self.model, fn)
@@ -146,6 +153,9 @@ class KerasAdapter(Adapter):
         # NumPy in runs eagerly, converting at the VJP as value_and_grad does.
         fused, eager = self.inner.fuse(step), super().fuse(step)
         return lambda xp, *arrays: fused(xp, *arrays) if xp is self.xp else eager(xp, *arrays)
+
+    def row_loop(self, points: tuple) -> Callable | None:
+        return self.inner.row_loop(points)
 
     def step_array(self, xp, a, *, dtype=None, device=None):
         owner = self.inner if xp is self.xp else super()
