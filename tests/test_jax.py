@@ -114,11 +114,18 @@ def test_whole_call_programs_match_the_numpy_reference_for_every_target(rng, mon
             np.testing.assert_allclose(np.asarray(getattr(exp, name)), getattr(ref, name), rtol=1e-9, atol=1e-12,
                                        err_msg=f"{name} for target {target!r}")
     assert len(programs) == 6  # one per target; the list has two
+    # Other rows and another seed: draws kept from the calls above must not be reused.
+    for rows, seed in ((slice(3, 8), 5), (slice(0, 5), 6), (slice(0, 5), 5), (slice(0, 23), 6)):
+        exp = explainer(jnp.asarray(x[rows]), target=2, n_samples=30, seed=seed)
+        ref = _reference(weights, bg, x[rows], target=2, n_samples=30, seed=seed)
+        np.testing.assert_allclose(np.asarray(exp.values), ref.values, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(exp.stderr), ref.stderr, rtol=1e-9, atol=1e-12)
+    assert len(programs) == 10
     picked = explainer(jnp.asarray(x[:5]), target=lambda out: out[:, 1] - out[:, 0], n_samples=30, seed=5)
     ref = gradshap.GradientExplainer((lambda p: fnp[0](p)[:, 1] - fnp[0](p)[:, 0], lambda p: fnp[1](p)[:, 1] - fnp[1](p)[:, 0]),
                                      bg, framework="numpy")(x[:5], n_samples=30, seed=5)
     np.testing.assert_allclose(np.asarray(picked.values), ref.values, rtol=1e-9, atol=1e-12)
-    assert len(programs) == 7
+    assert len(programs) == 11
 
 
 def test_convolutions_on_cpu_run_a_compiled_step_per_chunk(rng):

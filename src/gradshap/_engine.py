@@ -25,6 +25,7 @@ rows' worth of features.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import math
@@ -719,13 +720,14 @@ def _program(fn: Callable, **static) -> Callable:
     return functools.partial(fn, **static)
 
 
-def _outputs_program(xp, value_and_grad, x, background, *, paired: bool, probe: bool):
+def _outputs_program(xp, value_and_grad, x, background, *, paired: bool, probe: bool, cuts: tuple):
     """The model's outputs at ``x`` and at the background, from one forward pass over both.
 
     Returns ``out_x`` ``(n, K)`` in the accumulation dtype; the reference the base value is
     taken from (the background's mean output ``(1, K)``, or with ``paired`` baselines each
-    row's own, ``(nb, K)``); and with ``probe`` the sum of the inputs, whose finiteness is
-    read with the results' (see :func:`run`), else ``None``. ``value_and_grad(points,
+    row's own, ``(nb, K)``); with ``probe`` the sum of the inputs, whose finiteness is read
+    with the results' (see :func:`run`), else ``None``; and ``x`` cut at the rows ``cuts``
+    into the pieces of :func:`_pieces` (``None`` for one piece). ``value_and_grad(points,
     None)`` is the forward pass alone.
     """
     n, nb = x[0].shape[0], background[0].shape[0]
@@ -742,7 +744,31 @@ def _outputs_program(xp, value_and_grad, x, background, *, paired: bool, probe: 
         acc_in = _accumulation_dtype(xp, x[0].dtype)
         sums = [xp.sum(xp.astype(a, acc_in, copy=False)) for a in joined]
         total = sum(sums[1:], sums[0])
-    return out[:n, ...], ref_b, total
+    return out[:n, ...], ref_b, total, _cut(xp, x, cuts)
+
+
+def _cut(xp, x: tuple, cuts: tuple):
+    """``x`` (a tuple of arrays) as pieces between the rows ``cuts``; ``None`` for one piece."""
+    if len(cuts) <= 2:
+        return None
+    return tuple(tuple(a[r0:r1, ...] for a in x) for r0, r1 in zip(cuts[:-1], cuts[1:]))
+
+
+def _pieces(design: _sampling.Design, batch_size: int, n: int) -> tuple[int, tuple, tuple]:
+    """Rows per chunk, column groups' widths, and where the row pieces of the programs start
+    and stop: the first row group alone, then stretches of as many rows as the host draws
+    for at once (about ``_CHUNKS_PER_DRAW`` chunks' worth, so memory stays set by
+    ``batch_size``). The device runs the first piece while the host draws the next (JAX MLP
+    of benchmarks/: the draws take 0.4-0.7 ms of a 6 ms call); each piece size compiles
+    once, and calls with more rows than a stretch reuse the first piece's and the full
+    stretches' programs.
+    """
+    sets = _column_sets(design)
+    k_rows, widths = _column_plan(tuple((c1 - c0, p) for c0, c1, p in sets), batch_size, n, True)
+    k = min(k_rows, n)
+    stretch = k * max(1, min(_DRAWS_PER_CALL, _CHUNKS_PER_DRAW * batch_size) // (k * design.n_samples))
+    cuts = (0, *range(k, n, stretch), n) if n > k else (0, n)
+    return k, widths, cuts
 
 
 def _rows_program(xp, value_and_grad, x_rows, background, cot, sets, *, map_rows: Callable):
@@ -797,21 +823,20 @@ def _finish_program(xp, value_and_grad, x, out_x, ref_b, cot, ests, variances, p
     return values, errs, base, output, total - (output - base), check
 
 
-def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, batch_size, bar, loop):
-    """:func:`_attribute_columns` as programs: the shares of each stretch of rows, per input
-    ``(m, F)`` (for :func:`_finish_program`).
-
-    A stretch is as many rows as the host draws for at once (about ``_CHUNKS_PER_DRAW``
-    chunks' worth, so memory stays set by ``batch_size``); its program compiles once per row
-    count of a stretch, so calls with more rows than a stretch reuse the full stretches'.
+def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, batch_size, bar, loop, pieces):
+    """:func:`_attribute_columns` as programs: the shares of each piece of rows
+    (:func:`_pieces`), per input ``(m, F)`` (for :func:`_finish_program`). ``pieces``: ``x``
+    cut into them already, as ``(cuts, pieces)`` (:func:`_cut`), or ``None`` to cut here.
     """
     n = x[0].shape[0]
     acc = _accumulation_dtype(xp, x[0].dtype)
     device = _validation.device_of(xp, x[0])
     g = design.columns
     sets = _column_sets(design)
-    k_rows, widths = _column_plan(tuple((c1 - c0, p) for c0, c1, p in sets), batch_size, n, True)
-    k = min(k_rows, n)
+    k, widths, cuts = _pieces(design, batch_size, n)
+    if pieces is None or pieces[0] != cuts:  # (after a smaller batch_size, cut anew)
+        pieces = cuts, _cut(xp, x, cuts)
+    pieces = pieces[1] or (x,)
     a, b, _ = design.column_constants(1)
     coef = a / (b * design.counts) / g**2
     # Per set, its column groups, of equal widths: the last reaches back over columns the
@@ -825,30 +850,56 @@ def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, bat
             weights[0, j, c0 - lo :, 0], weights[1, j, c0 - lo :, 0] = 1.0 / g, coef[c0:c1]
         layout.append((passes, spans, tuple(adapter.step_array(xp, w, dtype=acc, device=device) for w in weights)))
     step = adapter.fuse(_program(_rows_program, map_rows=loop))
-    stretch = k * max(1, min(_DRAWS_PER_CALL, _CHUNKS_PER_DRAW * batch_size) // (k * design.n_samples))
+    layout_key = tuple((passes, tuple(spans)) for passes, spans, _ in layout)
     ests, variances = [], []
-    for r0 in range(0, n, stretch):
-        r1 = min(n, r0 + stretch)
+    for x_rows, r0, r1 in zip(pieces, cuts[:-1], cuts[1:]):
         m = r1 - r0
-        baseline, alpha = _sampling.columns(design, key, np.arange(r0, r1))
-        args = []
-        for passes, spans, (est_w, var_w) in layout:
-            n_slots = m * len(spans)
-            pick = np.arange(-(-n_slots // k) * k) % n_slots  # the last chunk repeats the first slots
-            slot_groups = pick // m
-            args.append(tuple(adapter.step_array(xp, np.reshape(v, (-1, k, *v.shape[1:])), dtype=dtype, device=device)
-                              for v, dtype in (
-                                  (pick % m, None), (slot_groups, None),
-                                  (np.concatenate([baseline[:, lo:c1] for lo, c1 in spans])[pick], None),
-                                  (np.concatenate([alpha[:, :passes, lo:c1] for lo, c1 in spans])[pick], acc)))
-                        + (est_w, var_w))
-        x_rows, cot = (x, cot_rows) if m == n else (tuple(v[r0:r1, ...] for v in x), cot_rows[r0:r1, ...])
-        est, var = step(xp, x_rows, background, cot, tuple(args))
+        draws = _slot_draws(design, key, r0, r1, k, layout_key, np.float64 if xp.finfo(acc).bits == 64 else np.float32)
+        args = tuple(tuple(adapter.step_array(xp, v, device=device) for v in host) + weights
+                     for host, (_, _, weights) in zip(draws, layout))
+        cot = cot_rows if m == n else cot_rows[r0:r1, ...]
+        est, var = step(xp, x_rows, background, cot, args)
         ests.append(est)
         variances.append(var)
         if bar is not None:
             bar.update(m * design.n_samples)
     return ests, variances
+
+
+# The last slot draws made, by what they depend on: a seeded call draws the same numbers
+# for the same rows every time (draws are per row), so calls that explain batches of data
+# with one seed draw once (JAX MLP of benchmarks/: 0.5 ms of a 6 ms call). Two pieces'
+# worth at most, each bounded as the draws of a call are.
+_SLOT_DRAWS: collections.OrderedDict = collections.OrderedDict()
+_SLOT_DRAWS_KEPT = 2
+
+
+def _slot_draws(design: _sampling.Design, key: int, r0: int, r1: int, k: int, layout: tuple, dtype) -> list:
+    """The host arrays of :func:`_rows_program`'s slots for rows ``r0..r1-1``, per set of
+    ``layout`` ``((passes, spans of its column groups), ...)``: each slot's row and column
+    group ``(C, k)``, background row ``(C, k, width)`` and alphas ``(C, k, passes, width)``
+    in ``dtype``, the last chunk filled with the first slots again."""
+    found = (design.name, design.n_samples, design.n_background, design.columns, key, r0, r1, k, layout,
+             np.dtype(dtype).str)
+    if found in _SLOT_DRAWS:
+        _SLOT_DRAWS.move_to_end(found)
+        return _SLOT_DRAWS[found]
+    m = r1 - r0
+    baseline, alpha = _sampling.columns(design, key, np.arange(r0, r1))
+    out = []
+    for passes, spans in layout:
+        n_slots = m * len(spans)
+        pick = np.arange(-(-n_slots // k) * k) % n_slots
+        arrays = (pick % m, pick // m, np.concatenate([baseline[:, lo:c1] for lo, c1 in spans])[pick],
+                  np.concatenate([alpha[:, :passes, lo:c1] for lo, c1 in spans])[pick].astype(dtype))
+        chunks = tuple(np.reshape(v, (-1, k, *v.shape[1:])) for v in arrays)
+        for v in chunks:
+            v.flags.writeable = False  # shared by the calls that find them
+        out.append(chunks)
+    _SLOT_DRAWS[found] = out
+    while len(_SLOT_DRAWS) > _SLOT_DRAWS_KEPT:
+        _SLOT_DRAWS.popitem(last=False)
+    return out
 
 
 def _add_shares(totals, share):
@@ -1204,12 +1255,15 @@ def run(
         outputs = None
         if program and fits:
             try:
-                outputs = adapter.fuse(_program(_outputs_program, paired=design.paired, probe=probe))(
+                cuts = _pieces(design, batch_size, n)[2]
+                outputs = adapter.fuse(_program(_outputs_program, paired=design.paired, probe=probe, cuts=cuts))(
                     xp, x, background)
             except _NotRows:  # the eager path below says which input's output is wrong
                 pass
+        pieces = None
         if outputs is not None:
-            out_x, ref_b, input_probe = outputs
+            out_x, ref_b, input_probe, cut = outputs
+            pieces = cuts, cut
         else:
             parts = None if joined is None else _forward_joined(adapter, xp, joined, n, nb, batch_size)
             if parts is None:
@@ -1240,7 +1294,7 @@ def run(
                     try:
                         if program:
                             shares = _attribute_program(adapter, xp, x, background, cot, design=design, key=key,
-                                                        batch_size=batch_size, bar=bar, loop=loop)
+                                                        batch_size=batch_size, bar=bar, loop=loop, pieces=pieces)
                         else:
                             attribute = _attribute_columns if _uses_columns(design, stdevs, rtol, batch_size) \
                                 else functools.partial(_attribute, stdevs=stdevs, rtol=rtol, max_blocks=max_blocks)
