@@ -154,3 +154,35 @@ def test_convolutions_on_cpu_run_a_compiled_step_per_chunk(rng):
     ref = gradshap.GradientExplainer(conv, images)(images[:3], n_samples=8, seed=1)
     np.testing.assert_allclose(np.asarray(exp.values), np.asarray(ref.values), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(np.asarray(exp.stderr), np.asarray(ref.stderr), rtol=1e-9, atol=1e-12)
+
+
+def test_a_callable_target_passed_again_traces_nothing_new(rng):
+    """The adapter composed with a callable target is kept per callable, with its compiled
+    programs: a second call with the same function traces the model no more; another
+    function composes (and traces) anew, with its own numbers."""
+    jnp = import_or_fail("jax").numpy
+    traces = {"n": 0}
+    w = jnp.asarray(rng.normal(size=(4, 3)))
+
+    def model(p):
+        traces["n"] += 1
+        return jnp.tanh(p @ w)
+
+    bg, x = jnp.asarray(rng.normal(size=(5, 4))), jnp.asarray(rng.normal(size=(6, 4)))
+    explainer = gradshap.GradientExplainer(model, bg)
+
+    def pick(out):
+        return out[:, 0] - out[:, 2]
+
+    first = explainer(x, target=pick, n_samples=20, seed=0)
+    seen = traces["n"]
+    again = explainer(x, target=pick, n_samples=20, seed=0)
+    assert traces["n"] == seen
+    np.testing.assert_array_equal(np.asarray(again.values), np.asarray(first.values))
+    other = explainer(x, target=lambda out: out[:, 1], n_samples=20, seed=0)
+    assert traces["n"] > seen
+    single = explainer(x, target=1, n_samples=20, seed=0)
+    np.testing.assert_allclose(np.asarray(other.values), np.asarray(single.values), rtol=1e-12, atol=1e-14)
+    difference = explainer(x, target=[0, 2], n_samples=20, seed=0)
+    np.testing.assert_allclose(np.asarray(first.values), np.asarray(difference.values[..., 0] - difference.values[..., 1]),
+                               rtol=1e-9, atol=1e-12)

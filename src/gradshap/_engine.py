@@ -31,6 +31,7 @@ import functools
 import math
 import random
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -1225,7 +1226,7 @@ def run(
     design = sampler if isinstance(sampler, _sampling.Design) else _sampling.plan(sampler, n_samples, nb)
     rtol, max_blocks = _check_adaptive(rtol, max_samples, n_samples, design)
     if callable(target) and not isinstance(target, (str, type)):
-        adapter, target = adapter.compose(target), None
+        adapter, target = _composed(adapter, target), None
     # An adapter that compiles whole programs runs the column step's calls as three (see
     # _attribute_program), on its own arrays.
     loop = adapter.row_loop(x) if xp is adapter.xp and _uses_columns(design, stdevs, rtol, batch_size) else None
@@ -1352,6 +1353,28 @@ def run(
     else:
         used = np.stack([t[5] for t in per_target], axis=-1) if many else per_target[0][5]
     return Result(values, stderr, base, output, delta, selection.label, design.name, used)
+
+
+# Adapters composed with a callable target, per adapter, by the callable: a compiling
+# adapter keeps its programs, so calls that pass the same function compile once (JAX, a
+# new adapter per call compiled its programs at every call: 0.5 s on the MLP).
+_COMPOSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COMPOSED_KEPT = 8
+
+
+def _composed(adapter: Adapter, fn: Callable) -> Adapter:
+    """``adapter.compose(fn)``, the same object for the same ``fn`` (the last few kept)."""
+    try:
+        kept = _COMPOSED.setdefault(adapter, collections.OrderedDict())
+        hash(fn)
+    except TypeError:  # an adapter that cannot be weakly referenced, or an unhashable callable
+        return adapter.compose(fn)
+    if fn not in kept:
+        kept[fn] = adapter.compose(fn)
+        while len(kept) > _COMPOSED_KEPT:
+            kept.popitem(last=False)
+    kept.move_to_end(fn)
+    return kept[fn]
 
 
 def _warn_unconverged(met: list, rtol: float, limit: int) -> None:
