@@ -739,7 +739,7 @@ def _outputs_program(xp, value_and_grad, x, background, *, paired: bool, probe: 
     acc = _accumulation_dtype(xp, out.dtype)
     out = xp.astype(xp.reshape(out, (n + nb, -1)), acc, copy=False)
     out_b = out[n:, ...]
-    ref_b = out_b if paired else xp.mean(out_b, axis=0, keepdims=True)
+    ref_b = out_b if paired else xp.expand_dims(xp.mean(out_b, axis=0), axis=0)
     total = None
     if probe:
         acc_in = _accumulation_dtype(xp, x[0].dtype)
