@@ -186,3 +186,25 @@ def test_a_callable_target_passed_again_traces_nothing_new(rng):
     difference = explainer(x, target=[0, 2], n_samples=20, seed=0)
     np.testing.assert_allclose(np.asarray(first.values), np.asarray(difference.values[..., 0] - difference.values[..., 1]),
                                rtol=1e-9, atol=1e-12)
+
+
+def test_programs_hold_one_piece_of_rows_at_a_time(rng):
+    """XLA's CPU runtime runs queued programs at once, each with its buffers: before queuing
+    a piece of rows, the engine waits for the piece before it (peak memory stays set by
+    batch_size, not by the rows). 23 rows at batch_size 48 are pieces of 4 rows (the first
+    row group, then about four chunks' worth of samples each) and a last one of 3: five
+    waits, each on the shares of the piece queued before."""
+    jax = import_or_fail("jax")
+    jnp = jax.numpy
+    from gradshap import _engine
+
+    w = jnp.asarray(rng.normal(size=(6,)))
+    bg, x = jnp.asarray(rng.normal(size=(7, 6))), jnp.asarray(rng.normal(size=(23, 6)))
+    explainer = gradshap.GradientExplainer(lambda p: jnp.tanh(p) @ w, bg, batch_size=48)
+    assert _engine._pieces(gradshap._sampling.plan("auto", 30, 7), 48, 23)[2] == (0, 4, 8, 12, 16, 20, 23)
+    waited = []
+    explainer.adapter.wait = lambda arrays: waited.append(arrays[0][0].shape)
+    exp = explainer(x, n_samples=30, seed=2)
+    assert waited == [(4, 6)] * 5
+    ref = gradshap.GradientExplainer(lambda p: jnp.tanh(p) @ w, bg)(x, n_samples=30, seed=2)
+    np.testing.assert_allclose(np.asarray(exp.values), np.asarray(ref.values), rtol=1e-9, atol=1e-12)

@@ -55,6 +55,11 @@ _MIN_BATCH, _MAX_BATCH = 64, 8192
 # at 16 chunks' worth, where 4 took three (0.56 ms).
 _DRAWS_PER_CALL = 2**16
 _CHUNKS_PER_DRAW = 16
+# Chunks' worth of rows in each piece of a whole-call program (see _pieces): a piece's
+# host draws and its arrays are its working set. At 16 chunks' worth, JAX's MLP of
+# benchmarks/ peaked at 7.3 MiB for 200 rows and 10.9 for 800 (pieces of 160 and 320
+# rows); at 4, 800 rows run as pieces of 160 too.
+_CHUNKS_PER_PIECE = 4
 
 
 def default_batch_size(feature_size: int, *, device: Any = None, compiled: bool = False) -> int:
@@ -704,8 +709,8 @@ def _column_slots(adapter, xp, step, x, background, cot_rows, rows, groups, *, d
 # every new shape, a compile: the 200-row MLP of benchmarks/ ran about 25 of them per call
 # (4 ms of host time, where the floor's whole work takes 5 ms), and a call with a new row
 # count compiled each anew (0.6 to 0.9 s). A column-step call there is three programs:
-# the model's outputs (:func:`_outputs_program`), each stretch of rows
-# (:func:`_rows_program`, its chunks looped over inside) and the results
+# the model's outputs (:func:`_outputs_program`), each piece of rows
+# (:func:`_rows_program`, its chunks looped over inside; :func:`_pieces`) and the results
 # (:func:`_finish_program`).
 
 
@@ -714,7 +719,7 @@ class _NotRows(Exception):
     input row. The eager path then runs x and the background apart, to say which."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=256)
 def _program(fn: Callable, **static) -> Callable:
     """``fn`` with its static arguments bound, the same object for the same arguments (the
     adapter keeps one compiled program per function object)."""
@@ -757,23 +762,22 @@ def _cut(xp, x: tuple, cuts: tuple):
 
 def _pieces(design: _sampling.Design, batch_size: int, n: int) -> tuple[int, tuple, tuple]:
     """Rows per chunk, column groups' widths, and where the row pieces of the programs start
-    and stop: the first row group alone, then stretches of as many rows as the host draws
-    for at once (about ``_CHUNKS_PER_DRAW`` chunks' worth, so memory stays set by
-    ``batch_size``). The device runs the first piece while the host draws the next (JAX MLP
-    of benchmarks/: the draws take 0.4-0.7 ms of a 6 ms call); each piece size compiles
-    once, and calls with more rows than a stretch reuse the first piece's and the full
-    stretches' programs.
+    and stop: the first row group alone, then stretches of about ``_CHUNKS_PER_PIECE``
+    chunks' worth of rows (so memory stays set by ``batch_size``). The device runs each
+    piece while the host draws the next (JAX MLP of benchmarks/: the draws take 0.4-0.7
+    ms of a 6 ms call); each piece size compiles once, and calls with more rows than a
+    stretch reuse the first piece's and the full stretches' programs.
     """
     sets = _column_sets(design)
     k_rows, widths = _column_plan(tuple((c1 - c0, p) for c0, c1, p in sets), batch_size, n, True)
     k = min(k_rows, n)
-    stretch = k * max(1, min(_DRAWS_PER_CALL, _CHUNKS_PER_DRAW * batch_size) // (k * design.n_samples))
+    stretch = k * max(1, min(_DRAWS_PER_CALL, _CHUNKS_PER_PIECE * batch_size) // (k * design.n_samples))
     cuts = (0, *range(k, n, stretch), n) if n > k else (0, n)
     return k, widths, cuts
 
 
 def _rows_program(xp, value_and_grad, x_rows, background, cot, sets, *, map_rows: Callable):
-    """The shares of the estimate and of its variance of a stretch of ``m`` rows (``x_rows``
+    """The shares of the estimate and of its variance of a piece of ``m`` rows (``x_rows``
     per input, ``cot``), per input ``(m, F)``.
 
     Slots as in :func:`_column_slots`: per set of equal counts, one slot per (row, column
@@ -805,8 +809,8 @@ def _rows_program(xp, value_and_grad, x_rows, background, cot, sets, *, map_rows
 
 
 def _finish_program(xp, value_and_grad, x, out_x, ref_b, cot, ests, variances, probe):
-    """A target's results from the stretches' shares (each per input ``(m, F)``, padded rows
-    last): values and standard errors per input ``(n, *features)``, base values, outputs
+    """A target's results from the pieces' shares (each per input ``(m, F)``, in row order):
+    values and standard errors per input ``(n, *features)``, base values, outputs
     and completeness residuals ``(n,)``, and a sum whose finiteness says all of them (and,
     with ``probe``, the inputs) are finite."""
     n, acc = out_x.shape[0], out_x.dtype
@@ -814,7 +818,7 @@ def _finish_program(xp, value_and_grad, x, out_x, ref_b, cot, ests, variances, p
 
     def joined(parts, pos, a):
         whole = parts[0][pos] if len(parts) == 1 else xp.concat([p[pos] for p in parts], axis=0)
-        return xp.reshape(whole[:n, ...], (n, *a.shape[1:]))
+        return xp.reshape(whole, (n, *a.shape[1:]))
 
     values = [joined(ests, pos, a) for pos, a in enumerate(x)]
     errs = [xp.sqrt(joined(variances, pos, a)) for pos, a in enumerate(x)]
@@ -859,6 +863,8 @@ def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, bat
         args = tuple(tuple(adapter.step_array(xp, v, device=device) for v in host) + weights
                      for host, (_, _, weights) in zip(draws, layout))
         cot = cot_rows if m == n else cot_rows[r0:r1, ...]
+        if ests:  # the piece before runs while the host draws this one; one piece at a time
+            adapter.wait((ests[-1], variances[-1]))
         est, var = step(xp, x_rows, background, cot, args)
         ests.append(est)
         variances.append(var)

@@ -78,6 +78,15 @@ class Adapter:
         """
         return None
 
+    def wait(self, arrays) -> None:
+        """Block until ``arrays`` (a tuple of arrays and tuples of arrays) are computed.
+
+        The engine's programs (:meth:`row_loop`) wait for one piece of rows before queuing
+        the next: XLA's CPU runtime runs queued programs at once, each with its own
+        buffers, and peak memory then grew with the rows. Eager adapters have nothing to
+        wait for.
+        """
+
     def step_array(self, xp, a, *, dtype=None, device=None):
         """A small host (NumPy) array (indices, weights) as an argument of a fused step or
         an operand of the engine's eager ops on ``xp`` arrays: in ``xp`` on ``device``.

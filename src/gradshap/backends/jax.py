@@ -70,14 +70,19 @@ def _functional(model: Any) -> tuple[Callable, Callable[[], Any]]:
     return (lambda _, *points: model(*points)), lambda: ()
 
 
+# Programs kept per adapter: the engine's chunk steps, and its whole-call programs, some of
+# which are made per row count (each holds its compiled code).
+_FUSED_KEPT = 64
+
+
 def fuse_jitted(cache: dict, step: Callable, value_and_grad: Callable, params: Callable[[], Any]) -> Callable:
     """``step`` under one ``jax.jit``, with ``value_and_grad(params, points, cotangent)``.
 
-    One jitted program per step function, kept in ``cache`` so that later calls reuse the
-    compiled code: the engine's array code around the VJP fuses with the model's. The
+    One jitted program per step function, kept in ``cache`` (the last ``_FUSED_KEPT``
+    used) so that later calls reuse the compiled code: the engine's array code around the VJP fuses with the model's. The
     parameters, read by ``params()`` at every call, are arguments, not constants.
     """
-    fused = cache.get(step)
+    fused = cache.pop(step, None)
     if fused is None:
         jax = require("jax")
 
@@ -85,7 +90,10 @@ def fuse_jitted(cache: dict, step: Callable, value_and_grad: Callable, params: C
             return step(xp, lambda points, cot: value_and_grad(values, points, cot), *arrays)
 
         jitted = jax.jit(with_params, static_argnums=1)
-        fused = cache[step] = lambda xp, *arrays: jitted(params(), xp, *arrays)
+        fused = lambda xp, *arrays: jitted(params(), xp, *arrays)  # noqa: E731
+    cache[step] = fused  # the most recently used last
+    while len(cache) > _FUSED_KEPT:  # programs made for row counts not seen for long
+        cache.pop(next(iter(cache)))
     return fused
 
 
@@ -134,6 +142,13 @@ def row_loop(cache: dict, call: Callable, params: Any, points: tuple) -> Callabl
             slow = any(name in names for name in _SLOW_IN_CPU_LOOPS)
         cache[key] = None if slow else map_rows
     return cache[key]
+
+
+def wait(arrays) -> None:
+    """Block until ``arrays`` (a pytree) are computed; tracers (inside the caller's jit) pass."""
+    jax = require("jax")
+    if not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(arrays)):
+        jax.block_until_ready(arrays)
 
 
 class JaxAdapter(Adapter):
@@ -189,6 +204,9 @@ class JaxAdapter(Adapter):
 
     def row_loop(self, points: tuple) -> Callable | None:
         return row_loop(self._loops, self._call, self._params(), points)
+
+    def wait(self, arrays) -> None:
+        wait(arrays)
 
     def compose(self, fn: Callable) -> "JaxAdapter":
         return JaxAdapter(self.model, fn)

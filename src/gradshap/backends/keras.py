@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gradshap.backends import Adapter, require
-from gradshap.backends.jax import JaxAdapter, fuse_jitted, row_loop
+from gradshap.backends.jax import JaxAdapter, fuse_jitted, row_loop, wait
 from gradshap.backends.tensorflow import TensorFlowAdapter, single_output
 from gradshap.backends.torch import TorchAdapter
 
@@ -90,6 +90,9 @@ class _KerasJax(Adapter):
 
     def row_loop(self, points: tuple) -> Callable | None:
         return row_loop(self._loops, self._call, self._variables(), points)
+
+    def wait(self, arrays) -> None:
+        wait(arrays)
 
     def compose(self, fn: Callable) -> "_KerasJax":
         return _KerasJax(self.model, fn)
@@ -156,6 +159,9 @@ class KerasAdapter(Adapter):
 
     def row_loop(self, points: tuple) -> Callable | None:
         return self.inner.row_loop(points)
+
+    def wait(self, arrays) -> None:
+        self.inner.wait(arrays)
 
     def step_array(self, xp, a, *, dtype=None, device=None):
         owner = self.inner if xp is self.xp else super()
