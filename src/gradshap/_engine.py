@@ -21,6 +21,11 @@ traces under ``jax.jit``. Accumulation is in the input's dtype, or float32 for
 half-precision inputs. The per-column statistics of ``k`` rows take
 ``2 * k * columns * features`` numbers, at most ``2 * max(batch_size, len(background))``
 rows' worth of features.
+
+Where the adapter compiles whole programs and runs loops inside them at full speed
+(:meth:`Adapter.row_loop`: JAX, but for convolutions on CPU), the column path is a few
+programs per call instead of a step per chunk: the outputs, each piece of rows with its
+chunks looped over inside, and the results (:func:`_attribute_program`).
 """
 
 from __future__ import annotations

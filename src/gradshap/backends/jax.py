@@ -79,8 +79,9 @@ def fuse_jitted(cache: dict, step: Callable, value_and_grad: Callable, params: C
     """``step`` under one ``jax.jit``, with ``value_and_grad(params, points, cotangent)``.
 
     One jitted program per step function, kept in ``cache`` (the last ``_FUSED_KEPT``
-    used) so that later calls reuse the compiled code: the engine's array code around the VJP fuses with the model's. The
-    parameters, read by ``params()`` at every call, are arguments, not constants.
+    used) so that later calls reuse the compiled code: the engine's array code around the
+    VJP fuses with the model's. The parameters, read by ``params()`` at every call, are
+    arguments, not constants.
     """
     fused = cache.pop(step, None)
     if fused is None:
