@@ -35,6 +35,7 @@ import contextlib
 import functools
 import math
 import random
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -884,6 +885,7 @@ def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, bat
 # worth at most, each bounded as the draws of a call are.
 _SLOT_DRAWS: collections.OrderedDict = collections.OrderedDict()
 _SLOT_DRAWS_KEPT = 2
+_KEPT_LOCK = threading.Lock()  # for _SLOT_DRAWS and _COMPOSED
 
 
 def _slot_draws(design: _sampling.Design, key: int, r0: int, r1: int, k: int, layout: tuple, dtype) -> list:
@@ -893,9 +895,10 @@ def _slot_draws(design: _sampling.Design, key: int, r0: int, r1: int, k: int, la
     in ``dtype``, the last chunk filled with the first slots again."""
     found = (design.name, design.n_samples, design.n_background, design.columns, key, r0, r1, k, layout,
              np.dtype(dtype).str)
-    if found in _SLOT_DRAWS:
-        _SLOT_DRAWS.move_to_end(found)
-        return _SLOT_DRAWS[found]
+    with _KEPT_LOCK:  # calls from several threads share it
+        if found in _SLOT_DRAWS:
+            _SLOT_DRAWS.move_to_end(found)
+            return _SLOT_DRAWS[found]
     m = r1 - r0
     baseline, alpha = _sampling.columns(design, key, np.arange(r0, r1))
     out = []
@@ -908,9 +911,10 @@ def _slot_draws(design: _sampling.Design, key: int, r0: int, r1: int, k: int, la
         for v in chunks:
             v.flags.writeable = False  # shared by the calls that find them
         out.append(chunks)
-    _SLOT_DRAWS[found] = out
-    while len(_SLOT_DRAWS) > _SLOT_DRAWS_KEPT:
-        _SLOT_DRAWS.popitem(last=False)
+    with _KEPT_LOCK:
+        _SLOT_DRAWS[found] = out
+        while len(_SLOT_DRAWS) > _SLOT_DRAWS_KEPT:
+            _SLOT_DRAWS.popitem(last=False)
     return out
 
 
@@ -1376,16 +1380,18 @@ _COMPOSED_KEPT = 8
 def _composed(adapter: Adapter, fn: Callable) -> Adapter:
     """``adapter.compose(fn)``, the same object for the same ``fn`` (the last few kept)."""
     try:
-        kept = _COMPOSED.setdefault(adapter, collections.OrderedDict())
         hash(fn)
+        with _KEPT_LOCK:
+            kept = _COMPOSED.setdefault(adapter, collections.OrderedDict())
     except TypeError:  # an adapter that cannot be weakly referenced, or an unhashable callable
         return adapter.compose(fn)
-    if fn not in kept:
-        kept[fn] = adapter.compose(fn)
-        while len(kept) > _COMPOSED_KEPT:
-            kept.popitem(last=False)
-    kept.move_to_end(fn)
-    return kept[fn]
+    with _KEPT_LOCK:
+        if fn not in kept:
+            kept[fn] = adapter.compose(fn)
+            while len(kept) > _COMPOSED_KEPT:
+                kept.popitem(last=False)
+        kept.move_to_end(fn)
+        return kept[fn]
 
 
 def _warn_unconverged(met: list, rtol: float, limit: int) -> None:
