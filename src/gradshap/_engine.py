@@ -577,25 +577,11 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
     acc = _accumulation_dtype(xp, x[0].dtype)
     device = _validation.device_of(xp, x[0])
     feat = [tuple(a.shape[1:]) for a in x]
-    g = design.columns
     sets = _column_sets(design)
     k_rows, widths = _column_plan(tuple((c1 - c0, p) for c0, c1, p in sets), batch_size, n, adapter.pads)
     k_run = min(k_rows, n)
     step = adapter.fuse(_chunk_columns)
-    a, b, _ = design.column_constants(1)
-    coef = a / (b * design.counts) / g**2
-    # Column groups (c0, c1, passes, columns owned, weights in the estimate and in the
-    # variance, (k_run, c1 - c0, 1) each), made once per call. For a padding adapter the last
-    # group of a set keeps the set's width by reaching back over columns that the group
-    # before it owns; they weigh 0 here.
-    groups = []
-    for (first, stop, passes), gc in zip(sets, widths):
-        for c0 in range(first, stop, gc):
-            c1 = min(stop, c0 + gc)
-            lo = max(first, c1 - gc) if adapter.pads else c0
-            weights = np.zeros((2, 1, c1 - lo, 1))
-            weights[0, :, c0 - lo :, 0], weights[1, :, c0 - lo :, 0] = 1.0 / g, coef[c0:c1]
-            groups.append((lo, c1, passes, c1 - c0, weights))
+    groups = _column_spans(design, sets, widths, reach_back=adapter.pads)
     # A padding adapter computes every chunk with k_run rows. A last row group with fewer
     # rows is run by "slots" instead: a slot is one (row, column group) pair, a chunk is
     # k_run slots of one set (each slot its own row and columns), so only the last chunk
@@ -662,6 +648,39 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
     return out[0], out[1], used, met
 
 
+def _column_spans(design: _sampling.Design, sets: list, widths: tuple, *, reach_back: bool) -> list:
+    """The column groups of the column step, ``(lo, c1, passes, columns owned, weights)``:
+    each set's columns in groups of its width, and the weights ``(2, 1, c1 - lo, 1)`` of
+    each column in the estimate and in the variance. With ``reach_back`` (an adapter that
+    compiles once per shape) the last group of a set keeps the set's width by reaching back
+    over columns that the group before it owns; they weigh 0 there.
+    """
+    g = design.columns
+    a, b, _ = design.column_constants(1)
+    coef = a / (b * design.counts) / g**2
+    groups = []
+    for (first, stop, passes), gc in zip(sets, widths):
+        for c0 in range(first, stop, gc):
+            c1 = min(stop, c0 + gc)
+            lo = max(first, c1 - gc) if reach_back else c0
+            weights = np.zeros((2, 1, c1 - lo, 1))
+            weights[0, :, c0 - lo :, 0], weights[1, :, c0 - lo :, 0] = 1.0 / g, coef[c0:c1]
+            groups.append((lo, c1, passes, c1 - c0, weights))
+    return groups
+
+
+def _slots(baseline: np.ndarray, alpha: np.ndarray, spans: list, passes: int, k: int) -> tuple:
+    """The slots of one set of equal counts: one per (row, column group), column-group-major
+    (slot ``j * m + i`` is row ``i`` with group ``j``), repeated from the first up to a
+    multiple of ``k``. Returns each slot's row, column group, background rows ``(S,
+    width)`` and alphas ``(S, passes, width)``, and the number of slots before repeating."""
+    m = baseline.shape[0]
+    n_slots = m * len(spans)
+    pick = np.arange(-(-n_slots // k) * k) % n_slots
+    return (pick % m, pick // m, np.concatenate([baseline[:, lo:c1] for lo, c1 in spans])[pick],
+            np.concatenate([alpha[:, :passes, lo:c1] for lo, c1 in spans])[pick], n_slots)
+
+
 def _row_groups(adapter, xp, arrays: tuple, k_rows: int) -> list:
     """Each of ``arrays`` cut into its row groups of ``k_rows`` rows (the last may be
     shorter), in one op per array where the adapter can (:meth:`Adapter.split_rows`)."""
@@ -680,19 +699,16 @@ def _column_slots(adapter, xp, step, x, background, cot_rows, rows, groups, *, d
     totals = None
     for passes in sorted({grp[2] for grp in groups}, reverse=True):
         mine = [grp for grp in groups if grp[2] == passes]
-        # Slots in column-group-major order: slot j * m + i is row i with group j.
-        b_slots = np.concatenate([baseline[:, c0:c1] for c0, c1, *_ in mine])
-        a_slots = np.concatenate([alpha[:, :passes, c0:c1] for c0, c1, *_ in mine])
-        w_slots = np.concatenate([np.broadcast_to(w, (2, m, *w.shape[2:])) for *_, w in mine], axis=1)
-        row_of = np.tile(np.arange(m), len(mine))
+        row_of, group_of, b_slots, a_slots, n_slots = _slots(baseline, alpha, [grp[:2] for grp in mine], passes, k_run)
+        w_groups = np.concatenate([w for *_, w in mine], axis=1)  # (2, groups, width, 1)
         shares = []
         for t0 in range(0, row_of.size, k_run):
-            pick = np.arange(t0, t0 + k_run) % row_of.size
-            w = w_slots[:, pick] * (np.arange(t0, t0 + k_run) < row_of.size)[None, :, None, None]  # padding weighs 0
-            idx = adapter.step_array(xp, rows[row_of[pick]], device=device)
+            chunk = slice(t0, t0 + k_run)
+            w = w_groups[:, group_of[chunk]] * (np.arange(t0, t0 + k_run) < n_slots)[None, :, None, None]  # padding weighs 0
+            idx = adapter.step_array(xp, rows[row_of[chunk]], device=device)
             share = step(xp, tuple(xp.take(a, idx, axis=0) for a in x), background, xp.take(cot_rows, idx, axis=0),
-                         adapter.step_array(xp, b_slots[pick], device=device),
-                         adapter.step_array(xp, a_slots[pick], dtype=acc, device=device),
+                         adapter.step_array(xp, b_slots[chunk], device=device),
+                         adapter.step_array(xp, a_slots[chunk], dtype=acc, device=device),
                          *(adapter.step_array(xp, v, dtype=acc, device=device) for v in w))
             shares.append(share)
         for grp in mine:
@@ -702,7 +718,7 @@ def _column_slots(adapter, xp, step, x, background, cot_rows, rows, groups, *, d
         # one column group, a slot is a whole row: nothing to sum).
         def slot_shares(which: int, pos: int):
             every = xp.concat([sh[which][pos] for sh in shares], axis=0) if len(shares) > 1 else shares[0][which][pos]
-            every = every[: row_of.size, ...] if every.shape[0] != row_of.size else every
+            every = every[:n_slots, ...] if every.shape[0] != n_slots else every
             return every if len(mine) == 1 else xp.sum(xp.reshape(every, (len(mine), m, -1)), axis=0)
 
         joined = tuple([slot_shares(which, pos) for pos in range(len(x))] for which in (0, 1))
@@ -751,12 +767,15 @@ def _outputs_program(xp, value_and_grad, x, background, *, paired: bool, probe: 
     out = xp.astype(xp.reshape(out, (n + nb, -1)), acc, copy=False)
     out_b = out[n:, ...]
     ref_b = out_b if paired else xp.expand_dims(xp.mean(out_b, axis=0), axis=0)
-    total = None
-    if probe:
-        acc_in = _accumulation_dtype(xp, x[0].dtype)
-        sums = [xp.sum(xp.astype(a, acc_in, copy=False)) for a in joined]
-        total = sum(sums[1:], sums[0])
-    return out[:n, ...], ref_b, total, _cut(xp, x, cuts)
+    return out[:n, ...], ref_b, _input_sum(xp, joined) if probe else None, _cut(xp, x, cuts)
+
+
+def _input_sum(xp, arrays: tuple):
+    """The sum of every number of ``arrays`` in the accumulation dtype: finite if they are
+    (or an overflow, which only a closer look tells apart)."""
+    acc_in = _accumulation_dtype(xp, arrays[0].dtype)
+    sums = [xp.sum(xp.astype(a, acc_in, copy=False)) for a in arrays]
+    return sum(sums[1:], sums[0])
 
 
 def _cut(xp, x: tuple, cuts: tuple):
@@ -818,7 +837,8 @@ def _finish_program(xp, value_and_grad, x, out_x, ref_b, cot, ests, variances, p
     """A target's results from the pieces' shares (each per input ``(m, F)``, in row order):
     values and standard errors per input ``(n, *features)``, base values, outputs
     and completeness residuals ``(n,)``, and a sum whose finiteness says all of them (and,
-    with ``probe``, the inputs) are finite."""
+    with ``probe``, the inputs) are finite. The per-chunk paths run it eagerly, with their
+    values and variances as one piece (``value_and_grad`` is unused)."""
     n, acc = out_x.shape[0], out_x.dtype
     cot_acc = xp.astype(cot, acc, copy=False)
 
@@ -829,7 +849,7 @@ def _finish_program(xp, value_and_grad, x, out_x, ref_b, cot, ests, variances, p
     values = [joined(ests, pos, a) for pos, a in enumerate(x)]
     errs = [xp.sqrt(joined(variances, pos, a)) for pos, a in enumerate(x)]
     output, base = xp.sum(out_x * cot_acc, axis=1), xp.sum(ref_b * cot_acc, axis=1)
-    total = sum(xp.sum(xp.reshape(v, (n, -1)), axis=1) for v in values)
+    total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, -1)), axis=1) for v in values)
     check = xp.sum(total) if probe is None else xp.sum(total) + xp.astype(probe, acc, copy=False)
     return values, errs, base, output, total - (output - base), check
 
@@ -842,26 +862,20 @@ def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, bat
     n = x[0].shape[0]
     acc = _accumulation_dtype(xp, x[0].dtype)
     device = _validation.device_of(xp, x[0])
-    g = design.columns
-    sets = _column_sets(design)
     k, widths, cuts = _pieces(design, batch_size, n)
     if pieces is None or pieces[0] != cuts:  # (after a smaller batch_size, cut anew)
         pieces = cuts, _cut(xp, x, cuts)
     pieces = pieces[1] or (x,)
-    a, b, _ = design.column_constants(1)
-    coef = a / (b * design.counts) / g**2
-    # Per set, its column groups, of equal widths: the last reaches back over columns the
-    # group before it owns, which weigh 0 there.
+    # Per set, its column groups (of equal widths) and their weights (2, groups, width, 1).
+    groups = _column_spans(design, _column_sets(design), widths, reach_back=True)
     layout = []
-    for (first, stop, passes), gc in zip(sets, widths):
-        starts = list(range(first, stop, gc))
-        spans = [(max(first, min(stop, c0 + gc) - gc), min(stop, c0 + gc)) for c0 in starts]
-        weights = np.zeros((2, len(starts), spans[0][1] - spans[0][0], 1))
-        for j, (c0, (lo, c1)) in enumerate(zip(starts, spans)):
-            weights[0, j, c0 - lo :, 0], weights[1, j, c0 - lo :, 0] = 1.0 / g, coef[c0:c1]
-        layout.append((passes, spans, tuple(adapter.step_array(xp, w, dtype=acc, device=device) for w in weights)))
+    for passes in sorted({grp[2] for grp in groups}, reverse=True):
+        mine = [grp for grp in groups if grp[2] == passes]
+        weights = np.concatenate([w for *_, w in mine], axis=1)
+        layout.append((passes, tuple(grp[:2] for grp in mine),
+                       tuple(adapter.step_array(xp, w, dtype=acc, device=device) for w in weights)))
     step = adapter.fuse(_program(_rows_program, map_rows=loop))
-    layout_key = tuple((passes, tuple(spans)) for passes, spans, _ in layout)
+    layout_key = tuple((passes, spans) for passes, spans, _ in layout)
     ests, variances = [], []
     for x_rows, r0, r1 in zip(pieces, cuts[:-1], cuts[1:]):
         m = r1 - r0
@@ -899,15 +913,11 @@ def _slot_draws(design: _sampling.Design, key: int, r0: int, r1: int, k: int, la
         if found in _SLOT_DRAWS:
             _SLOT_DRAWS.move_to_end(found)
             return _SLOT_DRAWS[found]
-    m = r1 - r0
     baseline, alpha = _sampling.columns(design, key, np.arange(r0, r1))
     out = []
     for passes, spans in layout:
-        n_slots = m * len(spans)
-        pick = np.arange(-(-n_slots // k) * k) % n_slots
-        arrays = (pick % m, pick // m, np.concatenate([baseline[:, lo:c1] for lo, c1 in spans])[pick],
-                  np.concatenate([alpha[:, :passes, lo:c1] for lo, c1 in spans])[pick].astype(dtype))
-        chunks = tuple(np.reshape(v, (-1, k, *v.shape[1:])) for v in arrays)
+        rows, groups, b, a, _ = _slots(baseline, alpha, list(spans), passes, k)
+        chunks = tuple(np.reshape(v, (-1, k, *v.shape[1:])) for v in (rows, groups, b, a.astype(dtype)))
         for v in chunks:
             v.flags.writeable = False  # shared by the calls that find them
         out.append(chunks)
@@ -1261,9 +1271,7 @@ def run(
     probe = adapter.pads and rtol is None and not any(_validation.is_lazy(a) for a in checked)
     input_probe = None
     if probe and not (program and fits):  # else the outputs' program sums them
-        acc_in = _accumulation_dtype(xp, x[0].dtype)
-        sums = [xp.sum(xp.astype(a, acc_in, copy=False)) for a in checked]
-        input_probe = sum(sums[1:], sums[0])
+        input_probe = _input_sum(xp, checked)
     elif not probe and not all(_validation.all_finite(xp, a) for a in checked):
         _validation.check_arrays(xp, x, background)
     key = _sampling.seed_key(seed)
@@ -1330,17 +1338,14 @@ def run(
                         )
                         if bar is not None:
                             bar.reset()
+                # The results: one program where the shares came from programs, else eager ops.
                 if program:
                     vals, errs, base, output, delta, check = adapter.fuse(_finish_program)(
                         xp, x, out_x, ref_b, cot, *shares, input_probe)
                     used, met = design.n_samples, None
                 else:
-                    cot_acc = xp.astype(cot, acc, copy=False)
-                    output, base = xp.sum(out_x * cot_acc, axis=1), xp.sum(ref_b * cot_acc, axis=1)
-                    total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, -1)), axis=1) for v in vals)
-                    errs = [xp.sqrt(v) for v in var]
-                    delta = total - (output - base)
-                    check = total if input_probe is None else xp.sum(total) + xp.astype(input_probe, acc, copy=False)
+                    vals, errs, base, output, delta, check = _finish_program(
+                        xp, None, x, out_x, ref_b, cot, [vals], [var], input_probe)
                 per_target.append((vals, errs, base, output, delta, used, met))
                 # Checked last: reading the check waits for the device, so the ops above are
                 # queued first. The inputs' sum is read with the first target's.

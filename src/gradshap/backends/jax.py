@@ -98,6 +98,21 @@ def fuse_jitted(cache: dict, step: Callable, value_and_grad: Callable, params: C
     return fused
 
 
+def vjp_of(call: Callable) -> Callable:
+    """``value_and_grad(params, points, cotangent)`` of a model ``call(params, points)``:
+    its outputs and the VJP with ``cotangent``; the outputs alone for ``None`` (the
+    engine's programs)."""
+    jax = require("jax")
+
+    def value_and_grad(params, points, cotangent):
+        if cotangent is None:
+            return call(params, points), None
+        out, pullback = jax.vjp(lambda *p: call(params, p), *points)
+        return out, pullback(cotangent.reshape(out.shape).astype(out.dtype))
+
+    return value_and_grad
+
+
 def map_rows(fn: Callable, arrays: tuple):
     """``fn`` over the leading axis of ``arrays`` inside a program: one loop body, compiled once."""
     return require("jax").lax.map(fn, arrays)
@@ -167,12 +182,7 @@ class JaxAdapter(Adapter):
             out = apply(params, *points)
             return out if output_fn is None else output_fn(out)
 
-        def value_and_grad(params, points, cotangent):
-            if cotangent is None:  # the outputs alone (the engine's programs)
-                return call(params, points), None
-            out, pullback = jax.vjp(lambda *p: call(params, p), *points)
-            return out, pullback(cotangent.reshape(out.shape).astype(out.dtype))
-
+        value_and_grad = vjp_of(call)
         self._raw_value_and_grad = value_and_grad
         self._call = call
         self._loops: dict = {}

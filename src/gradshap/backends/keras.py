@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gradshap.backends import Adapter, require
-from gradshap.backends.jax import JaxAdapter, fuse_jitted, row_loop, wait
+from gradshap.backends.jax import JaxAdapter, fuse_jitted, row_loop, vjp_of
 from gradshap.backends.tensorflow import TensorFlowAdapter, single_output
 from gradshap.backends.torch import TorchAdapter
 
@@ -58,12 +58,7 @@ class _KerasJax(Adapter):
             out, _ = model.stateless_call(*variables, _pack(points), **kwargs)
             return single_output(out if output_fn is None else output_fn(out))
 
-        def value_and_grad(variables, points, cotangent):
-            if cotangent is None:  # the outputs alone (the engine's programs)
-                return call(variables, points), None
-            out, pullback = jax.vjp(lambda *p: call(variables, p), *points)
-            return out, pullback(cotangent.reshape(out.shape).astype(out.dtype))
-
+        value_and_grad = vjp_of(call)
         self._forward = jax.jit(call)
         self._call = call
         self._loops: dict = {}
@@ -84,15 +79,13 @@ class _KerasJax(Adapter):
 
     step_array = JaxAdapter.step_array
     split_rows = JaxAdapter.split_rows
+    wait = JaxAdapter.wait
 
     def fuse(self, step: Callable) -> Callable:
         return fuse_jitted(self._fused, step, self._raw_value_and_grad, self._variables)
 
     def row_loop(self, points: tuple) -> Callable | None:
         return row_loop(self._loops, self._call, self._variables(), points)
-
-    def wait(self, arrays) -> None:
-        wait(arrays)
 
     def compose(self, fn: Callable) -> "_KerasJax":
         return _KerasJax(self.model, fn)
