@@ -82,6 +82,65 @@ def test_seed_fixes_result_for_every_batch_size(rng):
         np.testing.assert_allclose(delta, results[0][2], rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("pads", [False, True])
+def test_kept_draws_never_stand_in_for_other_draws(rng, monkeypatch, pads):
+    """Seeded calls keep their draws (they depend on the seed and the rows' positions only).
+    A call with another seed, other row positions, another budget, sampler or background
+    must draw its own: each result is the one made with nothing kept. Without padding, at
+    batch_size 600, every call draws its rows at once (40 and 60 samples draw rows 0..6
+    alike); with it (``pads``), at batch_size 60, 7 rows at 40 samples run as row groups
+    of 3 and then 1 row of slots, which draws apart."""
+    from gradshap import _engine
+
+    weights = mlp_weights(rng)
+    bg, x = rng.normal(size=(9, 6)), rng.normal(size=(7, 6))
+    calls = [(slice(0, 7), 5, 40, 9, "auto"), (slice(2, 7), 5, 40, 9, "auto"), (slice(0, 5), 5, 40, 9, "auto"),
+             (slice(0, 7), 6, 40, 9, "auto"), (slice(0, 7), 5, 60, 9, "auto"), (slice(0, 7), 5, 40, 9, "balanced"),
+             (slice(0, 7), 5, 40, 8, "auto"), (slice(0, 7), 5, 40, 9, "auto")]
+
+    def results():
+        out = []
+        for rows, seed, n_samples, nb, sampler in calls:
+            explainer = gradshap.GradientExplainer(numpy_mlp(weights), bg[:nb], framework="numpy",
+                                                   batch_size=60 if pads else 600)
+            explainer.adapter.pads = pads
+            exp = explainer(x[rows], target=1, n_samples=n_samples, seed=seed, sampler=sampler)
+            out.append((exp.values, exp.stderr))
+        return out
+
+    monkeypatch.setattr(_engine, "_DRAWS_KEPT", 0)  # every draw made anew
+    fresh = results()
+    monkeypatch.setattr(_engine, "_DRAWS_KEPT", 4)
+    _engine._KEPT_DRAWS.clear()
+    for (rows, *_), got, want in zip(calls, results(), fresh):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    assert len(_engine._KEPT_DRAWS) == 4
+    # The draws of rows 0..4 are those of the first 5 rows of any call; each kept draw is
+    # what the sampler gives for its own rows, seed and design.
+    cases = [("auto", 40, 5, 0, 5), ("auto", 40, 5, 2, 5), ("auto", 40, 6, 2, 5), ("auto", 60, 6, 2, 5),
+             ("balanced", 60, 6, 2, 5), ("auto", 40, 5, 0, 5), ("auto", 40, 5, 3, 5)]
+    for sampler, n_samples, seed, r0, r1 in cases:
+        design, key = _sampling.plan(sampler, n_samples, 9), _sampling.seed_key(seed)
+        for got, want in zip(_engine._column_draws(design, key, r0, r1),
+                             _sampling.columns(design, key, np.arange(r0, r1))):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_padding_with_slots_gives_the_unpadded_numbers(rng):
+    """A padding adapter runs the last rows as slots (7 rows at batch_size 60: row groups of
+    3, then 1 row of slots), drawn apart from the rest: the numbers of the plain path."""
+    weights = mlp_weights(rng)
+    bg, x = rng.normal(size=(9, 6)), rng.normal(size=(7, 6))
+    out = []
+    for pads in (False, True):
+        explainer = gradshap.GradientExplainer(numpy_mlp(weights), bg, framework="numpy", batch_size=60)
+        explainer.adapter.pads = pads
+        out.append(explainer(x, target=1, n_samples=40, seed=5))
+    np.testing.assert_allclose(out[1].values, out[0].values, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(out[1].stderr, out[0].stderr, rtol=1e-10, atol=1e-14)
+
+
 def test_rows_do_not_depend_on_their_neighbours(rng):
     """Row r draws from (seed, r): explaining a prefix gives the prefix's values."""
     weights = mlp_weights(rng)

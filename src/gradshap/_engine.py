@@ -606,7 +606,7 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
     bounds = [0, *range(first, head, draw_rows), head]
     for d0, d1 in zip(bounds[:-1], bounds[1:]):
         rows = np.arange(d0, d1)
-        baseline, alpha = _sampling.columns(design, key, rows)
+        baseline, alpha = _column_draws(design, key, d0, d1)
         if not adapter.pads:  # one conversion per draw; chunks take views
             baseline, alpha = adapter.step_array(xp, baseline, device=device), \
                 adapter.step_array(xp, alpha, dtype=acc, device=device)
@@ -691,11 +691,11 @@ def _row_groups(adapter, xp, arrays: tuple, k_rows: int) -> list:
 
 def _column_slots(adapter, xp, step, x, background, cot_rows, rows, groups, *, design, key, k_run, acc, device,
                   bar):
-    """The estimate and variance shares of ``rows`` (fewer than ``k_run``) through chunks of
-    ``k_run`` slots, each slot one (row, column group) of one set of equal counts, padded
-    only in each set's last chunk; per input ``(len(rows), F)``."""
+    """The estimate and variance shares of ``rows`` (consecutive positions, fewer than
+    ``k_run``) through chunks of ``k_run`` slots, each slot one (row, column group) of one
+    set of equal counts, padded only in each set's last chunk; per input ``(len(rows), F)``."""
     m = rows.size
-    baseline, alpha = _sampling.columns(design, key, rows)
+    baseline, alpha = _column_draws(design, key, int(rows[0]), int(rows[-1]) + 1)
     totals = None
     for passes in sorted({grp[2] for grp in groups}, reverse=True):
         mine = [grp for grp in groups if grp[2] == passes]
@@ -893,39 +893,58 @@ def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, bat
     return ests, variances
 
 
-# The last slot draws made, by what they depend on: a seeded call draws the same numbers
-# for the same rows every time (draws are per row), so calls that explain batches of data
-# with one seed draw once (JAX MLP of benchmarks/: 0.5 ms of a 6 ms call). Two pieces'
-# worth at most, each bounded as the draws of a call are.
-_SLOT_DRAWS: collections.OrderedDict = collections.OrderedDict()
-_SLOT_DRAWS_KEPT = 2
-_KEPT_LOCK = threading.Lock()  # for _SLOT_DRAWS and _COMPOSED
+# The last draws made, by what they depend on: a seeded call draws the same numbers for
+# the same rows every time (draws are per row and depend on nothing else), so calls that
+# explain batches of data with one seed draw once. The 200-row MLP of benchmarks/, draws
+# kept against made anew, A/B in one process: TensorFlow 17.3 -> 15.2 ms, torch 25.3 ->
+# 24.7 ms (JAX's programs: 0.5 ms of a 6 ms call). Four draw groups' worth at most, each
+# bounded as the draws of a call are (about 1 MiB at _DRAWS_PER_CALL pairs).
+_KEPT_DRAWS: collections.OrderedDict = collections.OrderedDict()
+_DRAWS_KEPT = 4
+_KEPT_LOCK = threading.Lock()  # for _KEPT_DRAWS and _COMPOSED
+
+
+def _kept_draws(design: _sampling.Design, key: int, r0: int, r1: int, make: Callable, *layout):
+    """``make(rows)``: draws of the rows ``r0..r1-1`` of ``design`` under ``key``, in a layout
+    that ``layout`` (hashable) says all else about; kept, so that the same arguments find the
+    same arrays again. Callers never write into them."""
+    found = (design.name, design.n_samples, design.n_background, design.columns, key, r0, r1, *layout)
+    with _KEPT_LOCK:  # calls from several threads share it
+        if found in _KEPT_DRAWS:
+            _KEPT_DRAWS.move_to_end(found)
+            return _KEPT_DRAWS[found]
+    out = make(np.arange(r0, r1))
+    with _KEPT_LOCK:
+        _KEPT_DRAWS[found] = out
+        while len(_KEPT_DRAWS) > _DRAWS_KEPT:
+            _KEPT_DRAWS.popitem(last=False)
+    return out
+
+
+def _column_draws(design: _sampling.Design, key: int, r0: int, r1: int) -> tuple:
+    """:func:`_sampling.columns` of the rows ``r0..r1-1``, kept (:func:`_kept_draws`)."""
+    return _kept_draws(design, key, r0, r1, lambda rows: _sampling.columns(design, key, rows), "columns")
 
 
 def _slot_draws(design: _sampling.Design, key: int, r0: int, r1: int, k: int, layout: tuple, dtype) -> list:
     """The host arrays of :func:`_rows_program`'s slots for rows ``r0..r1-1``, per set of
     ``layout`` ``((passes, spans of its column groups), ...)``: each slot's row and column
     group ``(C, k)``, background row ``(C, k, width)`` and alphas ``(C, k, passes, width)``
-    in ``dtype``, the last chunk filled with the first slots again."""
-    found = (design.name, design.n_samples, design.n_background, design.columns, key, r0, r1, k, layout,
-             np.dtype(dtype).str)
-    with _KEPT_LOCK:  # calls from several threads share it
-        if found in _SLOT_DRAWS:
-            _SLOT_DRAWS.move_to_end(found)
-            return _SLOT_DRAWS[found]
-    baseline, alpha = _sampling.columns(design, key, np.arange(r0, r1))
-    out = []
-    for passes, spans in layout:
-        rows, groups, b, a, _ = _slots(baseline, alpha, list(spans), passes, k)
-        chunks = tuple(np.reshape(v, (-1, k, *v.shape[1:])) for v in (rows, groups, b, a.astype(dtype)))
-        for v in chunks:
-            v.flags.writeable = False  # shared by the calls that find them
-        out.append(chunks)
-    with _KEPT_LOCK:
-        _SLOT_DRAWS[found] = out
-        while len(_SLOT_DRAWS) > _SLOT_DRAWS_KEPT:
-            _SLOT_DRAWS.popitem(last=False)
-    return out
+    in ``dtype``, the last chunk filled with the first slots again. Kept
+    (:func:`_kept_draws`), and read-only."""
+
+    def make(rows: np.ndarray) -> list:
+        baseline, alpha = _sampling.columns(design, key, rows)
+        out = []
+        for passes, spans in layout:
+            slot_rows, groups, b, a, _ = _slots(baseline, alpha, list(spans), passes, k)
+            chunks = tuple(np.reshape(v, (-1, k, *v.shape[1:])) for v in (slot_rows, groups, b, a.astype(dtype)))
+            for v in chunks:
+                v.flags.writeable = False  # shared by the calls that find them
+            out.append(chunks)
+        return out
+
+    return _kept_draws(design, key, r0, r1, make, "slots", k, layout, np.dtype(dtype).str)
 
 
 def _add_shares(totals, share):
