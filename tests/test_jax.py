@@ -208,3 +208,62 @@ def test_programs_hold_one_piece_of_rows_at_a_time(rng):
     assert waited == [(4, 6)] * 5
     ref = gradshap.GradientExplainer(lambda p: jnp.tanh(p) @ w, bg)(x, n_samples=30, seed=2)
     np.testing.assert_allclose(np.asarray(exp.values), np.asarray(ref.values), rtol=1e-9, atol=1e-12)
+
+
+def _per_chunk_explainer(rng, batch_size):
+    """A dense model on JAX with the per-chunk column path (no row loop), its weights, the
+    background and rows to explain."""
+    jnp = import_or_fail("jax").numpy
+    weights = mlp_weights(rng)
+    params = {"layers": [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights], "scale": 1.0}
+    bg, x = rng.normal(size=(7, 6)), rng.normal(size=(20, 6))
+    explainer = gradshap.GradientExplainer(functools.partial(_apply, params), jnp.asarray(bg), batch_size=batch_size)
+    explainer.adapter.row_loop = lambda points: None
+    return explainer, weights, bg, x
+
+
+def test_few_rows_run_as_slots_of_the_shapes_compiled_already(rng, monkeypatch):
+    """30 samples over 7 background rows at batch_size 40: chunks of 8 rows, one column per
+    group. A call with 5 rows runs as slots of those shapes (5 rows x 7 column groups, in
+    chunks of 8 slots: 1.14 times the points of a plan for 5 rows) and traces no chunk step;
+    1 row would compute 8 times its points as slots, so it gets its own plan, traced anew.
+    Both give the NumPy reference's numbers."""
+    jnp = import_or_fail("jax").numpy
+    from gradshap import _engine
+
+    traced = []
+    chunk = _engine._chunk_columns
+    monkeypatch.setattr(_engine, "_chunk_columns", lambda *a: traced.append(1) or chunk(*a))
+    explainer, weights, bg, x = _per_chunk_explainer(rng, 40)
+    sets = ((2, 5), (5, 4))
+    plan = _engine._column_plan(sets, 40, 20, True)
+    assert plan == (8, (1, 1)) == _engine._column_plan(sets, 40, 5, True) != _engine._column_plan(sets, 40, 1, True)
+    explainer(jnp.asarray(x), target=2, n_samples=30, seed=5)
+    assert len(traced) == 2  # one chunk shape per set of equal counts
+    for rows, new in ((5, 0), (1, 2)):
+        before = len(traced)
+        exp = explainer(jnp.asarray(x[:rows]), target=2, n_samples=30, seed=5)
+        assert len(traced) == before + new
+        ref = _reference(weights, bg, x[:rows], target=2, n_samples=30, seed=5)  # (NumPy's steps run eagerly)
+        np.testing.assert_allclose(np.asarray(exp.values), ref.values, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(exp.stderr), ref.stderr, rtol=1e-9, atol=1e-12)
+
+
+def test_the_results_are_one_program_where_eager_ops_compile(rng, monkeypatch):
+    """JAX compiles each eager op at each new shape: a call's results (values, standard
+    errors, base values, residuals, the finiteness check) are one compiled program there,
+    traced once per shape; NumPy runs them eagerly at every call."""
+    jnp = import_or_fail("jax").numpy
+    from gradshap import _engine
+
+    ran = []
+    finish = _engine._finish_program
+    monkeypatch.setattr(_engine, "_finish_program", lambda *a: ran.append(1) or finish(*a))
+    explainer, weights, bg, x = _per_chunk_explainer(rng, 40)
+    for _ in range(3):
+        exp = explainer(jnp.asarray(x), target=2, n_samples=30, seed=5)
+    assert len(ran) == 1
+    ref = _reference(weights, bg, x, target=2, n_samples=30, seed=5)
+    assert len(ran) == 2
+    for name in ("values", "stderr", "base_values", "output", "delta"):
+        np.testing.assert_allclose(np.asarray(getattr(exp, name)), getattr(ref, name), rtol=1e-9, atol=1e-12)

@@ -514,8 +514,11 @@ def _column_plan(sets: tuple, batch_size: int, n_rows: int, pads: bool = False) 
     its columns; each set's columns are cut into equal groups. Taken: the most useful
     points per chunk (so the fewest chunks for many rows), then the fewest column groups,
     then the most rows. That plan depends on neither the data nor the row count, so a
-    padding adapter sees few chunk shapes across calls; only a call with fewer rows than
-    it holds gets its own plan, the fewest chunks for exactly ``n_rows`` rows.
+    padding adapter sees few chunk shapes across calls. A call with fewer rows than it holds
+    gets its own plan, the fewest chunks for exactly ``n_rows`` rows; a padding adapter
+    instead runs those rows as slots of the plan's shapes, compiled already, unless that
+    computes more than ``_SLOTS_SPARE`` times the points (a new small row count compiled
+    a step anew: 1.2-1.5 s at 24, 17 and 5 rows on JAX's small CNN of benchmarks/).
 
     A second plan, the fewest column groups among those within 5% of the most useful
     points, is taken instead where it runs ``n_rows`` in no more chunks
@@ -535,26 +538,51 @@ def _column_plan(sets: tuple, batch_size: int, n_rows: int, pads: bool = False) 
             options.append((k * per_row / (made[1] * batch_size), made[1], k, made[0]))
     top = max(o[0] for o in options)
     best = min((o for o in options if o[0] >= top - 0.02), key=lambda o: (o[1], -o[2]))
+    exact = None
     if n_rows < best[2]:
         _, _, k, widths = min((o for o in options if o[2] <= n_rows),
                               key=lambda o: (-(-n_rows // o[2]) * o[1], -o[2]))
-        return k, widths
+        exact = k, widths
+        if not pads:
+            return exact
     fewer = min((o for o in options if o[0] >= top - 0.05), key=lambda o: (o[1], -o[2]))
-    if n_rows >= fewer[2] and _column_chunks(sets, fewer[2], fewer[3], n_rows, pads) <= \
+    if (n_rows >= fewer[2] or pads) and _column_chunks(sets, fewer[2], fewer[3], n_rows, pads) <= \
             _column_chunks(sets, best[2], best[3], n_rows, pads):
         best = fewer
+    if exact is not None and n_rows < best[2] and \
+            _column_points(sets, best[2], best[3], n_rows) > _SLOTS_SPARE * _column_points(sets, *exact, n_rows):
+        return exact
     return best[2], best[3]
+
+
+# A padding adapter runs fewer rows than the plan's row group as slots of the plan's
+# shapes (no new compile) unless that computes more than this many times the points of
+# the plan made for those rows (JAX's small CNN of benchmarks/ at 1 row: 648 points
+# against 200, 204 ms a call against 65 ms; at 24 rows, 1.06 times).
+_SLOTS_SPARE = 1.25
 
 
 def _column_chunks(sets: tuple, k: int, widths: tuple, n_rows: int, pads: bool = False) -> int:
     """Chunks the column step runs for ``n_rows`` rows at ``k`` rows per chunk: full row
     groups, then, for a padding adapter, the last rows' (row, column group) slots, ``k``
     per chunk, per set, or else one shorter row group."""
+    return sum(_set_chunks(sets, k, widths, n_rows, pads))
+
+
+def _column_points(sets: tuple, k: int, widths: tuple, n_rows: int) -> int:
+    """Points a padding adapter computes for ``n_rows`` rows at ``k`` rows per chunk,
+    padding included (:func:`_column_chunks`)."""
+    chunks = _set_chunks(sets, k, widths, n_rows, True)
+    return sum(c * k * passes * gc for c, (_, passes), gc in zip(chunks, sets, widths))
+
+
+def _set_chunks(sets: tuple, k: int, widths: tuple, n_rows: int, pads: bool) -> list:
+    """Per set, the chunks of :func:`_column_chunks`."""
     groups = [-(-width // gc) for (width, _), gc in zip(sets, widths)]
     full, tail = divmod(n_rows, k)
     if not pads:
-        return (full + (tail > 0)) * sum(groups)
-    return full * sum(groups) + sum(-(-g * tail // k) for g in groups)
+        return [(full + (tail > 0)) * g for g in groups]
+    return [full * g + -(-g * tail // k) for g in groups]
 
 
 def _uses_columns(design: _sampling.Design, stdevs: float, rtol, batch_size: int) -> bool:
@@ -579,14 +607,15 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
     feat = [tuple(a.shape[1:]) for a in x]
     sets = _column_sets(design)
     k_rows, widths = _column_plan(tuple((c1 - c0, p) for c0, c1, p in sets), batch_size, n, adapter.pads)
-    k_run = min(k_rows, n)
+    k_run = k_rows if adapter.pads else min(k_rows, n)
     step = adapter.fuse(_chunk_columns)
     groups = _column_spans(design, sets, widths, reach_back=adapter.pads)
     # A padding adapter computes every chunk with k_run rows. A last row group with fewer
-    # rows is run by "slots" instead: a slot is one (row, column group) pair, a chunk is
-    # k_run slots of one set (each slot its own row and columns), so only the last chunk
-    # of each set holds padding, not every column group of the last rows.
-    tail = n % k_rows if adapter.pads and n > k_rows else 0
+    # rows (or fewer rows than one group) is run by "slots" instead: a slot is one (row,
+    # column group) pair, a chunk is k_run slots of one set (each slot its own row and
+    # columns), so only the last chunk of each set holds padding, not every column group
+    # of the last rows.
+    tail = n % k_rows if adapter.pads else 0
     head = n - tail
 
     def weights_arg(w: np.ndarray):
@@ -603,7 +632,7 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
     # the device runs it while the host draws the rest (JAX MLP 6.86 -> 6.55 ms, TF 10.00
     # -> 9.43 ms, A/B in one process).
     first = k_rows if adapter.pads and head > k_rows else draw_rows
-    bounds = [0, *range(first, head, draw_rows), head]
+    bounds = [0, *range(first, head, draw_rows), head] if head else []
     for d0, d1 in zip(bounds[:-1], bounds[1:]):
         rows = np.arange(d0, d1)
         baseline, alpha = _column_draws(design, key, d0, d1)
@@ -794,8 +823,7 @@ def _pieces(design: _sampling.Design, batch_size: int, n: int) -> tuple[int, tup
     stretch reuse the first piece's and the full stretches' programs.
     """
     sets = _column_sets(design)
-    k_rows, widths = _column_plan(tuple((c1 - c0, p) for c0, c1, p in sets), batch_size, n, True)
-    k = min(k_rows, n)
+    k, widths = _column_plan(tuple((c1 - c0, p) for c0, c1, p in sets), batch_size, n, True)
     stretch = k * max(1, min(_DRAWS_PER_CALL, _CHUNKS_PER_PIECE * batch_size) // (k * design.n_samples))
     cuts = (0, *range(k, n, stretch), n) if n > k else (0, n)
     return k, widths, cuts
@@ -1357,14 +1385,18 @@ def run(
                         )
                         if bar is not None:
                             bar.reset()
-                # The results: one program where the shares came from programs, else eager ops.
+                # The results: one program where the shares came from programs or where eager
+                # ops compile at each new shape, else eager ops.
                 if program:
-                    vals, errs, base, output, delta, check = adapter.fuse(_finish_program)(
-                        xp, x, out_x, ref_b, cot, *shares, input_probe)
                     used, met = design.n_samples, None
                 else:
+                    shares = [vals], [var]
+                if program or (adapter.eager_compiles and xp is adapter.xp):
+                    vals, errs, base, output, delta, check = adapter.fuse(_finish_program)(
+                        xp, x, out_x, ref_b, cot, *shares, input_probe)
+                else:
                     vals, errs, base, output, delta, check = _finish_program(
-                        xp, None, x, out_x, ref_b, cot, [vals], [var], input_probe)
+                        xp, None, x, out_x, ref_b, cot, *shares, input_probe)
                 per_target.append((vals, errs, base, output, delta, used, met))
                 # Checked last: reading the check waits for the device, so the ops above are
                 # queued first. The inputs' sum is read with the first target's.

@@ -46,6 +46,10 @@ class Adapter:
     #: True where each new chunk shape costs a compile or trace (JAX, tf.function): the
     #: engine then pads every chunk to one shape.
     pads: bool = False
+    #: True where each eager op compiles anew at each new shape (JAX): the engine then runs
+    #: a call's results as one program through :meth:`fuse`, not as a dozen eager ops
+    #: (JAX's small CNN of benchmarks/ compiled them in 0.6-1.0 s per new row count).
+    eager_compiles: bool = False
 
     def forward(self, points: tuple):
         """Model outputs at ``points``, without gradients."""

@@ -170,6 +170,7 @@ def wait(arrays) -> None:
 class JaxAdapter(Adapter):
     name = "jax"
     pads = True
+    eager_compiles = True
 
     def __init__(self, model: Any, output_fn: Callable | None = None):
         jax = require("jax")

@@ -44,6 +44,7 @@ def _pack(points):
 class _KerasJax(Adapter):
     name = "keras"
     pads = True
+    eager_compiles = True
 
     def __init__(self, model: Any, output_fn: Callable | None = None):
         jax = require("jax")
@@ -114,7 +115,7 @@ class KerasAdapter(Adapter):
     name = "keras"
 
     def __init__(self, inner: Adapter):
-        self.inner, self.xp, self.pads = inner, inner.xp, inner.pads
+        self.inner, self.xp, self.pads, self.eager_compiles = inner, inner.xp, inner.pads, inner.eager_compiles
         self._ops = require("keras").ops
 
     def _native(self, points: tuple) -> tuple:
