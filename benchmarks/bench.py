@@ -31,6 +31,8 @@ resident when freed, so a reading counts whichever buffers the allocator happene
 keep (gradshap on the torch MLP read 17.3 MiB in one run and 21.0 MiB in the next, at
 one setting). With the threshold fixed, big buffers are mapped and unmapped as they are
 made and freed, and the rise is the peak of live memory (5.52-5.57 MiB over six runs).
+gradshap's memory rows call it with a new seed each time (1, 2, ...): a call at the seed
+of the call before finds that call's draws kept, and its reading would leave them out.
 
 Outputs (``--out``, default ``benchmarks/results``): ``bench.json``, ``bench.md`` and
 ``bench.png``.
@@ -41,6 +43,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import itertools
 import json
 import os
 import platform
@@ -434,16 +437,21 @@ def row_gradshap(group: Group, model, case: Case, opts: dict):
     x = group.array(case.x)
     try:
         explainer = gradshap.GradientExplainer(model, bg, framework=group.gradshap_framework)
-        run = _gradshap_runner(group, explainer, x, case, case.n_samples)
+        run = _gradshap_runner(group, explainer, x, case, case.n_samples, fresh_seeds=opts.get("fresh_seeds", False))
         first = _timed(run)[0]  # the first call: JAX compile, tf.function trace
     except NotImplementedError as err:
         raise Skip(f"gradshap's {group.gradshap_framework} adapter is not implemented yet ({err})") from err
     return run, {"batch_size": _batch_size(explainer, case, x), "first_s": first}
 
 
-def _gradshap_runner(group, explainer, x, case, n_samples):
+def _gradshap_runner(group, explainer, x, case, n_samples, *, fresh_seeds: bool = False):
+    """One call of ``explainer`` at seed 0; with ``fresh_seeds``, at seeds 1, 2, ... (the
+    memory rows: a seeded call finds the draws of the call before kept, and a reading
+    would then leave them out)."""
+    seeds = itertools.count(1) if fresh_seeds else itertools.repeat(0)
+
     def run():
-        exp = explainer(x, target=case.wl.target, n_samples=n_samples, seed=0)
+        exp = explainer(x, target=case.wl.target, n_samples=n_samples, seed=next(seeds))
         group.sync(exp.values)
         return exp.values
 
@@ -746,7 +754,7 @@ def worker_memory(spec: dict, group: Group | None = None) -> dict:
     model = group.model(wl)
     if group.name == "tensorflow":
         case.keras_model = wl.build("keras")
-    opts = {"quick": True, "sweep_repeats": 1}
+    opts = {"quick": True, "sweep_repeats": 1, "fresh_seeds": True}
     out = {"group": group.name, "workload": wl.name, "rows": {}}
     for rname in spec["rows"]:
         _emit_progress(f"memory {group.name} {wl.name}: {rname}")
@@ -782,7 +790,8 @@ def _gradshap_scaling(group, model, case, n_rows, n_samples, repeats: int) -> di
     explainer = gradshap.GradientExplainer(model, bg, framework=group.gradshap_framework)
     x4, _ = case.wl.data(4 * n_rows)
     configs = {"base": (case.x, n_samples), "rows_x4": (x4, n_samples), "samples_x4": (case.x, 4 * n_samples)}
-    runs = {label: _gradshap_runner(group, explainer, group.array(x), case, s) for label, (x, s) in configs.items()}
+    runs = {label: _gradshap_runner(group, explainer, group.array(x), case, s, fresh_seeds=True)
+            for label, (x, s) in configs.items()}
     readings = {label: [] for label in configs}
     for _ in range(repeats):
         for label, run in runs.items():
