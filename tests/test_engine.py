@@ -108,14 +108,23 @@ def test_kept_draws_never_stand_in_for_other_draws(rng, monkeypatch, pads):
             out.append((exp.values, exp.stderr))
         return out
 
-    monkeypatch.setattr(_engine, "_DRAWS_KEPT", 0)  # every draw made anew
+    limit = _engine._DRAWS_KEPT_BYTES
+    monkeypatch.setattr(_engine, "_DRAWS_KEPT_BYTES", 0)  # every draw made anew
     fresh = results()
-    monkeypatch.setattr(_engine, "_DRAWS_KEPT", 4)
-    _engine._KEPT_DRAWS.clear()
+    assert not _engine._KEPT_DRAWS
+    monkeypatch.setattr(_engine, "_DRAWS_KEPT_BYTES", limit)
     for (rows, *_), got, want in zip(calls, results(), fresh):
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
-    assert len(_engine._KEPT_DRAWS) == 4
+    # Kept: the most recent draws, up to the limit in bytes.
+    sizes = [size for _, size in _engine._KEPT_DRAWS.values()]
+    assert len(sizes) > 4 and sum(sizes) <= limit
+    # A new draw past a lower limit drops the oldest until the rest fit.
+    monkeypatch.setattr(_engine, "_DRAWS_KEPT_BYTES", 2 * max(sizes))
+    design = _sampling.plan("auto", 40, 9)
+    made = _engine._column_draws(design, _sampling.seed_key(7), 0, 7)
+    kept = list(_engine._KEPT_DRAWS.values())
+    assert kept[-1][0] is made and sum(size for _, size in kept) <= 2 * max(sizes) and len(kept) < len(sizes)
     # The draws of rows 0..4 are those of the first 5 rows of any call; each kept draw is
     # what the sampler gives for its own rows, seed and design.
     cases = [("auto", 40, 5, 0, 5), ("auto", 40, 5, 2, 5), ("auto", 40, 6, 2, 5), ("auto", 60, 6, 2, 5),

@@ -924,29 +924,40 @@ def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, bat
 # The last draws made, by what they depend on: a seeded call draws the same numbers for
 # the same rows every time (draws are per row and depend on nothing else), so calls that
 # explain batches of data with one seed draw once. The 200-row MLP of benchmarks/, draws
-# kept against made anew, A/B in one process: TensorFlow 17.3 -> 15.2 ms, torch 25.3 ->
-# 24.7 ms (JAX's programs: 0.5 ms of a 6 ms call). Four draw groups' worth at most, each
-# bounded as the draws of a call are (about 1 MiB at _DRAWS_PER_CALL pairs).
+# kept against made anew, A/B in one process: TensorFlow 15.6 -> 12.6 ms, Keras on TF
+# 15.6 -> 13.4, torch 28.2 -> 25.8 (JAX's programs: 0.5 ms of a 6 ms call). At most one
+# draw group's worth is kept (_DRAWS_PER_CALL pairs, 1 MiB): a call draws its next group
+# while it holds the one before, so keeping that much adds nothing to its peak; keeping
+# four groups had put up to 4 MiB more on it, growing with the rows up to that.
 _KEPT_DRAWS: collections.OrderedDict = collections.OrderedDict()
-_DRAWS_KEPT = 4
+_DRAWS_KEPT_BYTES = 16 * _DRAWS_PER_CALL
 _KEPT_LOCK = threading.Lock()  # for _KEPT_DRAWS and _COMPOSED
 
 
 def _kept_draws(design: _sampling.Design, key: int, r0: int, r1: int, make: Callable, *layout):
     """``make(rows)``: draws of the rows ``r0..r1-1`` of ``design`` under ``key``, in a layout
-    that ``layout`` (hashable) says all else about; kept, so that the same arguments find the
-    same arrays again. Callers never write into them."""
+    that ``layout`` (hashable) says all else about; kept (the most recent, up to
+    ``_DRAWS_KEPT_BYTES``), so that the same arguments find the same arrays again.
+    Callers never write into them."""
     found = (design.name, design.n_samples, design.n_background, design.columns, key, r0, r1, *layout)
     with _KEPT_LOCK:  # calls from several threads share it
         if found in _KEPT_DRAWS:
             _KEPT_DRAWS.move_to_end(found)
-            return _KEPT_DRAWS[found]
+            return _KEPT_DRAWS[found][0]
     out = make(np.arange(r0, r1))
+    size = sum(a.nbytes for a in _arrays_in(out))
     with _KEPT_LOCK:
-        _KEPT_DRAWS[found] = out
-        while len(_KEPT_DRAWS) > _DRAWS_KEPT:
+        _KEPT_DRAWS[found] = out, size
+        while _KEPT_DRAWS and sum(v[1] for v in _KEPT_DRAWS.values()) > _DRAWS_KEPT_BYTES:
             _KEPT_DRAWS.popitem(last=False)
     return out
+
+
+def _arrays_in(tree) -> list:
+    """The NumPy arrays in nested tuples and lists."""
+    if isinstance(tree, np.ndarray):
+        return [tree]
+    return [a for item in tree for a in _arrays_in(item)]
 
 
 def _column_draws(design: _sampling.Design, key: int, r0: int, r1: int) -> tuple:
