@@ -621,7 +621,7 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
     def weights_arg(w: np.ndarray):
         return adapter.step_array(xp, np.repeat(w, k_run, axis=0), dtype=acc, device=device)
 
-    made = [(weights_arg(w[0]), weights_arg(w[1])) for *_, w in groups]
+    made = [(weights_arg(w[0]), weights_arg(w[1])) for *_, w in groups] if head else []
     # The host draws for several row groups at once (about _CHUNKS_PER_DRAW chunks' worth).
     draw_rows = k_rows * max(1, min(_DRAWS_PER_CALL, _CHUNKS_PER_DRAW * batch_size) // (k_rows * design.n_samples))
     host = _host_buffers(xp, adapter, device, acc, feat, n, k_rows)
@@ -634,13 +634,12 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
     first = k_rows if adapter.pads and head > k_rows else draw_rows
     bounds = [0, *range(first, head, draw_rows), head] if head else []
     for d0, d1 in zip(bounds[:-1], bounds[1:]):
-        rows = np.arange(d0, d1)
         baseline, alpha = _column_draws(design, key, d0, d1)
         if not adapter.pads:  # one conversion per draw; chunks take views
             baseline, alpha = adapter.step_array(xp, baseline, device=device), \
                 adapter.step_array(xp, alpha, dtype=acc, device=device)
-        for r0 in range(0, rows.size, k_rows):
-            r1 = min(rows.size, r0 + k_rows)
+        for r0 in range(0, d1 - d0, k_rows):
+            r1 = min(d1 - d0, r0 + k_rows)
             k, lo, hi = r1 - r0, d0 + r0, d0 + r1
             *x_rows, cot = (p[lo // k_rows] for p in pieces)
             b_rows, a_rows = baseline[r0:r1, ...], alpha[r0:r1, ...]
@@ -663,7 +662,7 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
             else:
                 parts.append(totals)
     if tail:
-        parts.append(_column_slots(adapter, xp, step, x, background, cot_rows, np.arange(head, n), groups,
+        parts.append(_column_slots(adapter, xp, step, x, background, cot_rows, head, n, groups,
                                    design=design, key=key, k_run=k_run, acc=acc, device=device, bar=bar))
     used, met = np.full(n, design.n_samples, dtype=np.int64), np.ones(n, dtype=bool)
     if host is not None:
@@ -698,6 +697,17 @@ def _column_spans(design: _sampling.Design, sets: list, widths: tuple, *, reach_
     return groups
 
 
+def _by_set(groups: list) -> list:
+    """The column groups of :func:`_column_spans` per set of equal counts, most passes first:
+    ``(passes, its groups, their weights (2, groups, width, 1))`` (a set's groups are of
+    one width where they reach back, as on the slot paths)."""
+    out = []
+    for passes in sorted({grp[2] for grp in groups}, reverse=True):
+        mine = [grp for grp in groups if grp[2] == passes]
+        out.append((passes, mine, np.concatenate([w for *_, w in mine], axis=1)))
+    return out
+
+
 def _slots(baseline: np.ndarray, alpha: np.ndarray, spans: list, passes: int, k: int) -> tuple:
     """The slots of one set of equal counts: one per (row, column group), column-group-major
     (slot ``j * m + i`` is row ``i`` with group ``j``), repeated from the first up to a
@@ -718,18 +728,16 @@ def _row_groups(adapter, xp, arrays: tuple, k_rows: int) -> list:
     return [adapter.split_rows(xp, a, sizes) for a in arrays]
 
 
-def _column_slots(adapter, xp, step, x, background, cot_rows, rows, groups, *, design, key, k_run, acc, device,
+def _column_slots(adapter, xp, step, x, background, cot_rows, r0, r1, groups, *, design, key, k_run, acc, device,
                   bar):
-    """The estimate and variance shares of ``rows`` (consecutive positions, fewer than
-    ``k_run``) through chunks of ``k_run`` slots, each slot one (row, column group) of one
-    set of equal counts, padded only in each set's last chunk; per input ``(len(rows), F)``."""
-    m = rows.size
-    baseline, alpha = _column_draws(design, key, int(rows[0]), int(rows[-1]) + 1)
+    """The estimate and variance shares of the rows ``r0..r1-1`` (fewer than ``k_run``)
+    through chunks of ``k_run`` slots, each slot one (row, column group) of one set of
+    equal counts, padded only in each set's last chunk; per input ``(r1 - r0, F)``."""
+    rows, m = np.arange(r0, r1), r1 - r0
+    baseline, alpha = _column_draws(design, key, r0, r1)
     totals = None
-    for passes in sorted({grp[2] for grp in groups}, reverse=True):
-        mine = [grp for grp in groups if grp[2] == passes]
+    for passes, mine, w_groups in _by_set(groups):
         row_of, group_of, b_slots, a_slots, n_slots = _slots(baseline, alpha, [grp[:2] for grp in mine], passes, k_run)
-        w_groups = np.concatenate([w for *_, w in mine], axis=1)  # (2, groups, width, 1)
         shares = []
         for t0 in range(0, row_of.size, k_run):
             chunk = slice(t0, t0 + k_run)
@@ -896,12 +904,9 @@ def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, bat
     pieces = pieces[1] or (x,)
     # Per set, its column groups (of equal widths) and their weights (2, groups, width, 1).
     groups = _column_spans(design, _column_sets(design), widths, reach_back=True)
-    layout = []
-    for passes in sorted({grp[2] for grp in groups}, reverse=True):
-        mine = [grp for grp in groups if grp[2] == passes]
-        weights = np.concatenate([w for *_, w in mine], axis=1)
-        layout.append((passes, tuple(grp[:2] for grp in mine),
-                       tuple(adapter.step_array(xp, w, dtype=acc, device=device) for w in weights)))
+    layout = [(passes, tuple(grp[:2] for grp in mine),
+               tuple(adapter.step_array(xp, w, dtype=acc, device=device) for w in weights))
+              for passes, mine, weights in _by_set(groups)]
     step = adapter.fuse(_program(_rows_program, map_rows=loop))
     layout_key = tuple((passes, spans) for passes, spans, _ in layout)
     ests, variances = [], []
