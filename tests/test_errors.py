@@ -75,6 +75,28 @@ def test_non_finite_input_is_named_even_where_the_model_hides_it(framework):
         ex(to_array(x), n_samples=10, seed=0)
 
 
+def test_non_finite_rows_are_the_callers_where_programs_pad_the_rows():
+    """JAX's programs run 5 rows padded to 6, row 5 a copy of row 0: a NaN in row 0 (in the
+    input, or in the gradients there) is reported at row 0 alone."""
+    jax = import_or_fail("jax")
+    jnp = jax.numpy
+    from gradshap import _engine, _sampling
+
+    assert _engine._program_rows(_sampling.plan("auto", 10, 5), 8192, 5) == 6
+    w = jnp.asarray([1.0, -2.0, 0.5])
+    ex = gradshap.GradientExplainer(lambda p: jnp.nan_to_num(p) @ w, jnp.zeros((5, 3)))
+    x = np.ones((5, 3))
+    x[0, 2] = np.nan
+    with pytest.raises(ValueError, match=r"`x` contains NaN or inf in row\(s\) 0; expected"):
+        ex(jnp.asarray(x), n_samples=10, seed=0)
+    # sqrt(p0^2) has a NaN gradient at p0 = 0, where every point of row 0 lies.
+    ex = gradshap.GradientExplainer(lambda p: jnp.sqrt(p[:, 0] ** 2) + p[:, 1], jnp.zeros((5, 3)))
+    x = np.full((5, 3), 2.0)
+    x[0, 0] = 0.0
+    with pytest.raises(FloatingPointError, match=r"NaN or inf gradients .* row\(s\) 0; check"):
+        ex(jnp.asarray(x), n_samples=10, seed=0)
+
+
 def test_adaptive_rounds_check_the_inputs_before_the_model_runs():
     """Adaptive rounds read values between rounds, so a NaN input would run every round up
     to max_samples before its error: there the inputs are checked before any model call."""

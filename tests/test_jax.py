@@ -128,6 +128,58 @@ def test_whole_call_programs_match_the_numpy_reference_for_every_target(rng, mon
     assert len(programs) == 11
 
 
+def test_a_new_row_count_runs_the_programs_of_the_count_it_pads_to(rng, capsys):
+    """Programs compile per row count, so a call's programs run its rows padded with copies
+    of them, up to the most rows its plan runs in as many chunks: 30 samples over 7
+    background rows at batch_size 40 run 8 slots (row, column group) a chunk, 2 and 5
+    column groups per row, so 37 rows pad to 38, and 5 to 6. After calls of 38 and 6
+    rows, calls of 37 and 5 trace the model no more, and every kind of target gives the
+    NumPy reference's numbers for the caller's rows."""
+    jnp = import_or_fail("jax").numpy
+    from gradshap import _engine, _sampling
+
+    design = _sampling.plan("auto", 30, 7)
+    assert [_engine._program_rows(design, 40, n) for n in (37, 38, 5, 6)] == [38, 38, 6, 6]
+    weights = mlp_weights(rng)
+    params = {"layers": [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights], "scale": 1.0}
+    traced = []
+
+    def model(p):
+        traced.append(p.shape[0])
+        return _apply(params, p)
+
+    bg, x = rng.normal(size=(7, 6)), rng.normal(size=(38, 6))
+    explainer = gradshap.GradientExplainer(model, jnp.asarray(bg), batch_size=40)
+    for rows in (38, 6):
+        explainer(jnp.asarray(x[:rows]), target=1, n_samples=30, seed=4)
+    seen = len(traced)
+    per_row = rng.integers(0, 3, size=37)
+    cases = [(37, 1), (37, "predicted"), (37, per_row), (37, jnp.asarray(per_row)), (37, [0, 2]), (5, 2), (5, per_row[:5])]
+    for rows, target in cases:
+        exp = explainer(jnp.asarray(x[:rows]), target=target, n_samples=30, seed=4)
+        ref = _reference(weights, bg, x[:rows], target=np.asarray(target) if hasattr(target, "devices") else target,
+                         n_samples=30, seed=4)
+        for name in ("values", "stderr", "base_values", "output", "delta"):
+            np.testing.assert_allclose(np.asarray(getattr(exp, name)), getattr(ref, name), rtol=1e-9, atol=1e-12,
+                                       err_msg=f"{name} for {rows} rows, target {target!r}")
+        np.testing.assert_array_equal(np.asarray(exp.target), np.asarray(ref.target))
+    assert len(traced) == seen
+    capsys.readouterr()
+    explainer(jnp.asarray(x[:37]), target=1, n_samples=30, seed=4, progress=True)
+    assert "1110/1110" in capsys.readouterr().err  # the caller's rows only
+    # At the default batch_size, 12 rows fit one chunk with a plan of their own, and 9
+    # rows pad to 12 (a power of two or 1.5 times one).
+    assert [_engine._program_rows(design, 8192, n) for n in (9, 12, 13)] == [12, 12, 16]
+    explainer = gradshap.GradientExplainer(model, jnp.asarray(bg))
+    explainer(jnp.asarray(x[:12]), target=1, n_samples=30, seed=4)
+    seen = len(traced)
+    exp = explainer(jnp.asarray(x[:9]), target=1, n_samples=30, seed=4)
+    assert len(traced) == seen
+    ref = _reference(weights, bg, x[:9], target=1, n_samples=30, seed=4)
+    np.testing.assert_allclose(np.asarray(exp.values), ref.values, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(exp.stderr), ref.stderr, rtol=1e-9, atol=1e-12)
+
+
 def test_convolutions_on_cpu_run_a_compiled_step_per_chunk(rng):
     """XLA's CPU runtime runs a convolution's VJP slower inside a loop than called per
     chunk, so a model with one gets no row loop there; a dense model gets lax.map."""

@@ -25,7 +25,8 @@ rows' worth of features.
 Where the adapter compiles whole programs and runs loops inside them at full speed
 (:meth:`Adapter.row_loop`: JAX, but for convolutions on CPU), the column path is a few
 programs per call instead of a step per chunk: the outputs, each piece of rows with its
-chunks looped over inside, and the results (:func:`_attribute_program`).
+chunks looped over inside, and the results (:func:`_attribute_program`); their rows are
+padded to a few counts, so that other row counts find them compiled (:func:`_program_rows`).
 """
 
 from __future__ import annotations
@@ -837,6 +838,39 @@ def _pieces(design: _sampling.Design, batch_size: int, n: int) -> tuple[int, tup
     return k, widths, cuts
 
 
+def _program_rows(design: _sampling.Design, batch_size: int, n: int) -> int:
+    """The rows the programs of a call of ``n`` rows run: ``n`` padded with copies of its
+    rows up to the most rows that its plan runs in the same chunks; or, for a call of a
+    few rows with a plan of its own (one piece), up to the next of 1, 2, 3, 4, 6, 8, 12,
+    ... (:func:`_few_rows`).
+
+    Programs compile per row count. Padded, calls whose rows fill the same chunks share
+    their programs (161 to 200 rows of the MLP of benchmarks/: one column group, chunks of
+    40 rows), and the padding computes only slots that the last chunks held anyway; a few
+    rows compute up to 1.5 times their points. On that MLP a call at a new row count
+    compiled 0.5-0.6 s of programs; one padded to a count seen before takes 0.12-0.14 s
+    (the padding and cutting back are small ops compiled per count), and 0.1-0.15 ms
+    more per call after that.
+    """
+    k, widths, cuts = _pieces(design, batch_size, n)
+    groups = [-(-(c1 - c0) // gc) for (c0, c1, _), gc in zip(_column_sets(design), widths)]
+    last = cuts[-1] - cuts[-2]
+    size = cuts[-2] + min(-(-last * g // k) * k // g for g in groups)
+    if size > n and _pieces(design, batch_size, size) == (k, widths, (*cuts[:-1], size)):
+        return size
+    if size == n and len(cuts) == 2:  # a few rows, run by a plan of their own
+        size = _few_rows(n)
+        if size > n and _pieces(design, batch_size, size)[2] == (0, size):
+            return size
+    return n
+
+
+def _few_rows(n: int) -> int:
+    """The least of 1, 2, 3, 4, 6, 8, 12, ... (powers of two and 1.5 times them) at least ``n``."""
+    size = 1 << (n - 1).bit_length()
+    return size * 3 // 4 if size >= 4 and size * 3 // 4 >= n else size
+
+
 def _rows_program(xp, value_and_grad, x_rows, background, cot, sets, *, map_rows: Callable):
     """The shares of the estimate and of its variance of a piece of ``m`` rows (``x_rows``
     per input, ``cot``), per input ``(m, F)``.
@@ -890,10 +924,13 @@ def _finish_program(xp, value_and_grad, x, out_x, ref_b, cot, ests, variances, p
     return values, errs, base, output, total - (output - base), check
 
 
-def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, batch_size, bar, loop, pieces):
+def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, batch_size, bar, loop, pieces,
+                       rows=None):
     """:func:`_attribute_columns` as programs: the shares of each piece of rows
     (:func:`_pieces`), per input ``(m, F)`` (for :func:`_finish_program`). ``pieces``: ``x``
     cut into them already, as ``(cuts, pieces)`` (:func:`_cut`), or ``None`` to cut here.
+    ``rows``: the caller's rows, where ``x`` holds padding after them (:func:`_program_rows`;
+    the progress bar counts the caller's rows only).
     """
     n = x[0].shape[0]
     acc = _accumulation_dtype(xp, x[0].dtype)
@@ -922,7 +959,8 @@ def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, bat
         ests.append(est)
         variances.append(var)
         if bar is not None:
-            bar.update(m * design.n_samples)
+            real = n if rows is None else rows
+            bar.update((min(r1, real) - min(r0, real)) * design.n_samples)
     return ests, variances
 
 
@@ -1319,6 +1357,12 @@ def run(
     # _attribute_program), on its own arrays.
     loop = adapter.row_loop(x) if xp is adapter.xp and _uses_columns(design, stdevs, rtol, batch_size) else None
     program = loop is not None
+    # Programs run with the rows padded to a few sizes (see _program_rows); the results
+    # are cut back to the caller's rows.
+    rows, x_in = n, x
+    if program:
+        n = _program_rows(design, batch_size, rows)
+        x = _pad(adapter, xp, x, n)
     # Where x and the background fit one forward chunk, they go through the model together
     # (one call, one reduction to check finiteness); larger x is not copied. Only a failed
     # check looks for the rows (a sum of finite numbers may also overflow).
@@ -1336,7 +1380,7 @@ def run(
     if probe and not (program and fits):  # else the outputs' program sums them
         input_probe = _input_sum(xp, checked)
     elif not probe and not all(_validation.all_finite(xp, a) for a in checked):
-        _validation.check_arrays(xp, x, background)
+        _validation.check_arrays(xp, x_in, background)
     key = _sampling.seed_key(seed)
     with _global_rng_guard(), adapter.session():
         outputs = None
@@ -1363,9 +1407,9 @@ def run(
             # Per-row baselines (Integrated Gradients) compare with their own baseline.
             ref_b = out_b if design.paired else xp.expand_dims(xp.mean(out_b, axis=0), axis=0)
         acc = out_x.dtype
-        selection = _targets.select(xp, target, out_x, dtype=x[0].dtype,
+        selection = _targets.select(xp, target, out_x, dtype=x[0].dtype, rows=rows,
                                     place=lambda a, dtype: adapter.step_array(xp, a, dtype=dtype, device=device))
-        total_grads = n * design.n_samples * len(selection.cotangents) if rtol is None else None
+        total_grads = rows * design.n_samples * len(selection.cotangents) if rtol is None else None
         bar = _progress_bar(progress, total_grads)
         try:
             per_target = []
@@ -1381,7 +1425,8 @@ def run(
                     try:
                         if program:
                             shares = _attribute_program(adapter, xp, x, background, cot, design=design, key=key,
-                                                        batch_size=batch_size, bar=bar, loop=loop, pieces=pieces)
+                                                        batch_size=batch_size, bar=bar, loop=loop, pieces=pieces,
+                                                        rows=rows)
                         else:
                             attribute = _attribute_columns if _uses_columns(design, stdevs, rtol, batch_size) \
                                 else functools.partial(_attribute, stdevs=stdevs, rtol=rtol, max_blocks=max_blocks)
@@ -1413,12 +1458,15 @@ def run(
                 else:
                     vals, errs, base, output, delta, check = _finish_program(
                         xp, None, x, out_x, ref_b, cot, *shares, input_probe)
+                if n != rows:  # the padding rows dropped (their numbers are in `check`: copies of rows')
+                    vals, errs = [v[:rows, ...] for v in vals], [v[:rows, ...] for v in errs]
+                    base, output, delta = base[:rows, ...], output[:rows, ...], delta[:rows, ...]
                 per_target.append((vals, errs, base, output, delta, used, met))
                 # Checked last: reading the check waits for the device, so the ops above are
                 # queued first. The inputs' sum is read with the first target's.
                 if not _validation.all_finite(xp, check):
                     if input_probe is not None:
-                        _validation.check_arrays(xp, x, background)
+                        _validation.check_arrays(xp, x_in, background)
                     _check_gradients(xp, vals, "the selected target")
                 input_probe = None
         finally:
