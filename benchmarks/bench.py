@@ -439,9 +439,14 @@ def row_gradshap(group: Group, model, case: Case, opts: dict):
         explainer = gradshap.GradientExplainer(model, bg, framework=group.gradshap_framework)
         run = _gradshap_runner(group, explainer, x, case, case.n_samples, fresh_seeds=opts.get("fresh_seeds", False))
         first = _timed(run)[0]  # the first call: JAX compile, tf.function trace
+        # Then one call with a row fewer: a row count whose compiled shapes, unless the
+        # engine reuses those of the first call's count, are compiled or traced anew.
+        fewer = len(case.x) - 1
+        new_count = _timed(_gradshap_runner(group, explainer, group.array(case.x[:fewer]), case, case.n_samples))[0] \
+            if fewer else None
     except NotImplementedError as err:
         raise Skip(f"gradshap's {group.gradshap_framework} adapter is not implemented yet ({err})") from err
-    return run, {"batch_size": _batch_size(explainer, case, x), "first_s": first}
+    return run, {"batch_size": _batch_size(explainer, case, x), "first_s": first, "new_count_s": new_count}
 
 
 def _gradshap_runner(group, explainer, x, case, n_samples, *, fresh_seeds: bool = False):
@@ -1032,7 +1037,7 @@ def build_report(timing, memory, errors, names, tmp: Path, **meta) -> dict:
                     rows.append(row)
                     continue
                 row.update({k: d[k] for k in ("median_s", "min_s", "warmup_extra_s", "times") if k in d})
-                for k in ("best", "sweep", "runner_up", "batch_size"):
+                for k in ("best", "sweep", "runner_up", "batch_size", "new_count_s"):
                     if k in d:
                         row[k] = d[k]
                 if g in floors:
@@ -1131,6 +1136,8 @@ def render_markdown(report: dict) -> str:
             notes.append(f"runner-up {r['runner_up']['best']}: {_fmt_s(r['runner_up']['median_s'])}")
         if "batch_size" in r:
             notes.append(f"batch_size {r['batch_size']}")
+        if r.get("new_count_s") is not None:
+            notes.append(f"first call at {r['n_rows'] - 1} rows: {_fmt_s(r['new_count_s'])}")
         if len(r.get("times", ())) > report["repeats"]:
             notes.append(f"{len(r['times'])} runs")
         lines.append(

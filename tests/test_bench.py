@@ -60,6 +60,9 @@ def test_quick_bench_rows_ran_and_agree(quick_report):
     assert rows[("torch", "gradshap")]["max_abs_diff_vs_torch"] == 0.0
     mem = rows[("torch", "gradshap")]["memory"]
     assert {"rss_rise_mib", "scaling"} <= set(mem)
+    # Each gradshap row also timed a first call at one row fewer (recompiles show there).
+    for key in [("torch", "gradshap"), ("jax", "gradshap")]:
+        assert rows[key]["new_count_s"] > 0
 
 
 def test_floor_is_the_faster_of_the_sweeps_two_best_in_the_timed_rounds():

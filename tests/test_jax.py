@@ -180,6 +180,49 @@ def test_a_new_row_count_runs_the_programs_of_the_count_it_pads_to(rng, capsys):
     np.testing.assert_allclose(np.asarray(exp.stderr), ref.stderr, rtol=1e-9, atol=1e-12)
 
 
+def test_a_new_row_count_on_the_per_chunk_path_runs_the_steps_of_the_count_it_pads_to(rng, capsys):
+    """30 samples over 40 background rows give no column two samples: the per-chunk path,
+    whose chunks hold 2 rows x 30 samples at batch_size 60 (a last row group is padded to
+    2 rows anyway). 11 rows pad to 12, so after calls of 12 rows, calls of 11 trace the
+    model no more, with or without smoothing noise, and give the NumPy reference's numbers
+    for the caller's rows; a few rows (5 at the default batch_size) pad to 6."""
+    jnp = import_or_fail("jax").numpy
+    from gradshap import _engine, _sampling
+
+    design = _sampling.plan("auto", 30, 40)
+    assert not _engine._uses_columns(design, 0.0, None, 60)
+    assert [_engine._chunk_rows(design, 60, n) for n in (11, 12)] == [12, 12]
+    assert [_engine._chunk_rows(design, 8192, n) for n in (5, 6)] == [6, 6]
+    weights = mlp_weights(rng)
+    params = {"layers": [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights], "scale": 1.0}
+    traced = []
+
+    def model(p):
+        traced.append(p.shape[0])
+        return _apply(params, p)
+
+    bg, x = rng.normal(size=(40, 6)), rng.normal(size=(12, 6))
+    per_row = rng.integers(0, 3, size=11)
+    for explainer, rows in ((gradshap.GradientExplainer(model, jnp.asarray(bg), batch_size=60), 11),
+                            (gradshap.GradientExplainer(model, jnp.asarray(bg)), 5)):
+        for stdevs in (0.0, 0.3):
+            explainer(jnp.asarray(x[: rows + 1]), target=1, n_samples=30, seed=4, stdevs=stdevs)
+        seen = len(traced)
+        for target, stdevs in ((1, 0.0), ("predicted", 0.0), (per_row[:rows], 0.0), (jnp.asarray(per_row[:rows]), 0.0),
+                               (2, 0.3)):
+            exp = explainer(jnp.asarray(x[:rows]), target=target, n_samples=30, seed=4, stdevs=stdevs)
+            ref = _reference(weights, bg, x[:rows], target=np.asarray(target) if hasattr(target, "devices") else target,
+                             n_samples=30, seed=4, stdevs=stdevs)
+            for name in ("values", "stderr", "base_values", "output", "delta"):
+                np.testing.assert_allclose(np.asarray(getattr(exp, name)), getattr(ref, name), rtol=1e-9, atol=1e-12,
+                                           err_msg=f"{name} for {rows} rows, target {target!r}, stdevs {stdevs}")
+            np.testing.assert_array_equal(np.asarray(exp.target), np.asarray(ref.target))
+        assert len(traced) == seen
+    capsys.readouterr()
+    explainer(jnp.asarray(x[:5]), target=1, n_samples=30, seed=4, progress=True)
+    assert "150/150" in capsys.readouterr().err  # the caller's rows only
+
+
 def test_convolutions_on_cpu_run_a_compiled_step_per_chunk(rng):
     """XLA's CPU runtime runs a convolution's VJP slower inside a loop than called per
     chunk, so a model with one gets no row loop there; a dense model gets lax.map."""
