@@ -128,6 +128,34 @@ def test_whole_call_programs_match_the_numpy_reference_for_every_target(rng, mon
     assert len(programs) == 11
 
 
+def _counting_mlp(rng):
+    """The tanh MLP's weights, the model on JAX, and the list of the row counts it was
+    traced (or run) with."""
+    jnp = import_or_fail("jax").numpy
+    weights = mlp_weights(rng)
+    params = {"layers": [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights], "scale": 1.0}
+    traced = []
+
+    def model(p):
+        traced.append(p.shape[0])
+        return _apply(params, p)
+
+    return weights, model, traced
+
+
+def _assert_the_reference(explainer, weights, bg, x, **kw):
+    """``explainer`` on ``x`` gives the NumPy reference's values, errors, base values,
+    outputs, residuals and target."""
+    jnp = import_or_fail("jax").numpy
+    exp = explainer(jnp.asarray(x), **kw)
+    target = kw.get("target")
+    ref = _reference(weights, bg, x, **{**kw, "target": np.asarray(target) if hasattr(target, "devices") else target})
+    for name in ("values", "stderr", "base_values", "output", "delta"):
+        np.testing.assert_allclose(np.asarray(getattr(exp, name)), getattr(ref, name), rtol=1e-9, atol=1e-12,
+                                   err_msg=f"{name} for {len(x)} rows, {kw}")
+    np.testing.assert_array_equal(np.asarray(exp.target), np.asarray(ref.target))
+
+
 def test_a_new_row_count_runs_the_programs_of_the_count_it_pads_to(rng, capsys):
     """Programs compile per row count, so a call's programs run its rows padded with copies
     of them, up to the most rows its plan runs in as many chunks: 30 samples over 7
@@ -140,14 +168,7 @@ def test_a_new_row_count_runs_the_programs_of_the_count_it_pads_to(rng, capsys):
 
     design = _sampling.plan("auto", 30, 7)
     assert [_engine._program_rows(design, 40, n) for n in (37, 38, 5, 6)] == [38, 38, 6, 6]
-    weights = mlp_weights(rng)
-    params = {"layers": [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights], "scale": 1.0}
-    traced = []
-
-    def model(p):
-        traced.append(p.shape[0])
-        return _apply(params, p)
-
+    weights, model, traced = _counting_mlp(rng)
     bg, x = rng.normal(size=(7, 6)), rng.normal(size=(38, 6))
     explainer = gradshap.GradientExplainer(model, jnp.asarray(bg), batch_size=40)
     for rows in (38, 6):
@@ -156,13 +177,7 @@ def test_a_new_row_count_runs_the_programs_of_the_count_it_pads_to(rng, capsys):
     per_row = rng.integers(0, 3, size=37)
     cases = [(37, 1), (37, "predicted"), (37, per_row), (37, jnp.asarray(per_row)), (37, [0, 2]), (5, 2), (5, per_row[:5])]
     for rows, target in cases:
-        exp = explainer(jnp.asarray(x[:rows]), target=target, n_samples=30, seed=4)
-        ref = _reference(weights, bg, x[:rows], target=np.asarray(target) if hasattr(target, "devices") else target,
-                         n_samples=30, seed=4)
-        for name in ("values", "stderr", "base_values", "output", "delta"):
-            np.testing.assert_allclose(np.asarray(getattr(exp, name)), getattr(ref, name), rtol=1e-9, atol=1e-12,
-                                       err_msg=f"{name} for {rows} rows, target {target!r}")
-        np.testing.assert_array_equal(np.asarray(exp.target), np.asarray(ref.target))
+        _assert_the_reference(explainer, weights, bg, x[:rows], target=target, n_samples=30, seed=4)
     assert len(traced) == seen
     capsys.readouterr()
     explainer(jnp.asarray(x[:37]), target=1, n_samples=30, seed=4, progress=True)
@@ -173,11 +188,8 @@ def test_a_new_row_count_runs_the_programs_of_the_count_it_pads_to(rng, capsys):
     explainer = gradshap.GradientExplainer(model, jnp.asarray(bg))
     explainer(jnp.asarray(x[:12]), target=1, n_samples=30, seed=4)
     seen = len(traced)
-    exp = explainer(jnp.asarray(x[:9]), target=1, n_samples=30, seed=4)
+    _assert_the_reference(explainer, weights, bg, x[:9], target=1, n_samples=30, seed=4)
     assert len(traced) == seen
-    ref = _reference(weights, bg, x[:9], target=1, n_samples=30, seed=4)
-    np.testing.assert_allclose(np.asarray(exp.values), ref.values, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(exp.stderr), ref.stderr, rtol=1e-9, atol=1e-12)
 
 
 def test_a_new_row_count_on_the_per_chunk_path_runs_the_steps_of_the_count_it_pads_to(rng, capsys):
@@ -193,14 +205,7 @@ def test_a_new_row_count_on_the_per_chunk_path_runs_the_steps_of_the_count_it_pa
     assert not _engine._uses_columns(design, 0.0, None, 60)
     assert [_engine._chunk_rows(design, 60, n) for n in (11, 12)] == [12, 12]
     assert [_engine._chunk_rows(design, 8192, n) for n in (5, 6)] == [6, 6]
-    weights = mlp_weights(rng)
-    params = {"layers": [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights], "scale": 1.0}
-    traced = []
-
-    def model(p):
-        traced.append(p.shape[0])
-        return _apply(params, p)
-
+    weights, model, traced = _counting_mlp(rng)
     bg, x = rng.normal(size=(40, 6)), rng.normal(size=(12, 6))
     per_row = rng.integers(0, 3, size=11)
     for explainer, rows in ((gradshap.GradientExplainer(model, jnp.asarray(bg), batch_size=60), 11),
@@ -210,13 +215,7 @@ def test_a_new_row_count_on_the_per_chunk_path_runs_the_steps_of_the_count_it_pa
         seen = len(traced)
         for target, stdevs in ((1, 0.0), ("predicted", 0.0), (per_row[:rows], 0.0), (jnp.asarray(per_row[:rows]), 0.0),
                                (2, 0.3)):
-            exp = explainer(jnp.asarray(x[:rows]), target=target, n_samples=30, seed=4, stdevs=stdevs)
-            ref = _reference(weights, bg, x[:rows], target=np.asarray(target) if hasattr(target, "devices") else target,
-                             n_samples=30, seed=4, stdevs=stdevs)
-            for name in ("values", "stderr", "base_values", "output", "delta"):
-                np.testing.assert_allclose(np.asarray(getattr(exp, name)), getattr(ref, name), rtol=1e-9, atol=1e-12,
-                                           err_msg=f"{name} for {rows} rows, target {target!r}, stdevs {stdevs}")
-            np.testing.assert_array_equal(np.asarray(exp.target), np.asarray(ref.target))
+            _assert_the_reference(explainer, weights, bg, x[:rows], target=target, n_samples=30, seed=4, stdevs=stdevs)
         assert len(traced) == seen
     capsys.readouterr()
     explainer(jnp.asarray(x[:5]), target=1, n_samples=30, seed=4, progress=True)
