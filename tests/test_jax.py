@@ -182,13 +182,13 @@ def test_a_new_row_count_runs_the_programs_of_the_count_it_pads_to(rng, capsys):
     capsys.readouterr()
     explainer(jnp.asarray(x[:37]), target=1, n_samples=30, seed=4, progress=True)
     assert "1110/1110" in capsys.readouterr().err  # the caller's rows only
-    # At the default batch_size, 12 rows fit one chunk with a plan of their own, and 9
-    # rows pad to 12 (a power of two or 1.5 times one).
-    assert [_engine._program_rows(design, 8192, n) for n in (9, 12, 13)] == [12, 12, 16]
+    # At the default batch_size, 20 rows fit one chunk with a plan of their own, and 17
+    # rows pad to 20 (_engine._few_rows).
+    assert [_engine._program_rows(design, 8192, n) for n in (17, 20, 21)] == [20, 20, 24]
     explainer = gradshap.GradientExplainer(model, jnp.asarray(bg))
-    explainer(jnp.asarray(x[:12]), target=1, n_samples=30, seed=4)
+    explainer(jnp.asarray(x[:20]), target=1, n_samples=30, seed=4)
     seen = len(traced)
-    _assert_the_reference(explainer, weights, bg, x[:9], target=1, n_samples=30, seed=4)
+    _assert_the_reference(explainer, weights, bg, x[:17], target=1, n_samples=30, seed=4)
     assert len(traced) == seen
 
 
@@ -203,8 +203,10 @@ def test_a_new_row_count_on_the_per_chunk_path_runs_the_steps_of_the_count_it_pa
 
     design = _sampling.plan("auto", 30, 40)
     assert not _engine._uses_columns(design, 0.0, None, 60)
-    assert [_engine._chunk_rows(design, 60, n) for n in (11, 12)] == [12, 12]
-    assert [_engine._chunk_rows(design, 8192, n) for n in (5, 6)] == [6, 6]
+    adapter = gradshap.GradientExplainer(lambda p: p, jnp.zeros((40, 6))).adapter
+    padded = [_engine._padded_rows(adapter, jnp, design, 0.0, None, bs, n, False)
+              for bs, n in ((60, 11), (60, 12), (8192, 5), (8192, 6))]
+    assert padded == [12, 12, 6, 6]
     weights, model, traced = _counting_mlp(rng)
     bg, x = rng.normal(size=(40, 6)), rng.normal(size=(12, 6))
     per_row = rng.integers(0, 3, size=11)

@@ -124,6 +124,27 @@ def test_traces_once_per_shape_not_per_chunk(linear):
     assert_one_trace_per_chunk_shape(explainer, x, lambda: model.calls)
 
 
+def test_a_few_rows_run_the_chunks_of_the_count_they_pad_to(linear, rng):
+    """Fewer rows than a chunk holds run a chunk of their own, traced per shape: 5 rows pad
+    to 6 with copies of rows, so after a call of 6 rows a call of 5 traces nothing new,
+    on the column path (16 samples over 8 background rows, 2 per column) and on the
+    per-chunk path (iid draws); the values are the caller's rows'."""
+    w, _, bg = linear
+    model = Linear(w)
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    explainer = gradshap.GradientExplainer(model, tf.constant(bg))
+    key = _sampling.seed_key(2)
+    index, _, _ = _sampling.samples("iid", key, np.arange(5), 16, 8)
+    for sampler, expected in (("balanced", w * (x[:5] - bg.mean(0))), ("iid", w * (x[:5] - bg[index].mean(1)))):
+        explainer(tf.constant(x), n_samples=16, sampler=sampler, seed=2)
+        calls = model.calls
+        exp = explainer(tf.constant(x[:5]), n_samples=16, sampler=sampler, seed=2)
+        assert model.calls == calls, sampler
+        assert exp.values.shape == (5, 5) and exp.output.shape == (5,)
+        np.testing.assert_allclose(exp.values.numpy(), expected, rtol=0, atol=ATOL)
+        np.testing.assert_allclose(exp.output.numpy(), x[:5] @ w + 0.5, rtol=1e-6)
+
+
 def test_plain_callable_with_several_inputs_and_an_unused_one(rng):
     """A linear function of two tensors and a third it ignores: exact per input."""
     xa, ba = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((6, 3)).astype(np.float32)

@@ -841,13 +841,13 @@ def _pieces(design: _sampling.Design, batch_size: int, n: int) -> tuple[int, tup
 def _program_rows(design: _sampling.Design, batch_size: int, n: int) -> int:
     """The rows the programs of a call of ``n`` rows run: ``n`` padded with copies of its
     rows up to the most rows that its plan runs in the same chunks; or, for a call of a
-    few rows with a plan of its own (one piece), up to the next of 1, 2, 3, 4, 6, 8, 12,
-    ... (:func:`_few_rows`).
+    few rows with a plan of its own (one piece), up to the next of 1, 2, 3, 4, 6, 8, 10,
+    12, 14, 16, 20, ... (:func:`_few_rows`).
 
     Programs compile per row count. Padded, calls whose rows fill the same chunks share
     their programs (161 to 200 rows of the MLP of benchmarks/: one column group, chunks of
     40 rows), and the padding computes only slots that the last chunks held anyway; a few
-    rows compute up to 1.5 times their points. On that MLP a call at a new row count
+    rows compute up to 1.25 times their points. On that MLP a call at a new row count
     compiled 0.5-0.6 s of programs; one padded to a count seen before takes 0.12-0.14 s
     (the padding and cutting back are small ops compiled per count), and 0.1-0.15 ms
     more per call after that.
@@ -865,22 +865,46 @@ def _program_rows(design: _sampling.Design, batch_size: int, n: int) -> int:
     return n
 
 
-def _chunk_rows(design: _sampling.Design, batch_size: int, n: int) -> int:
-    """:func:`_program_rows` for the per-chunk path of :func:`_attribute`, where every chunk
-    of a padding adapter holds ``k_rows`` rows (the last row group padded to them): ``n``
-    up to a multiple of ``k_rows``, which computes no more chunks; fewer rows run chunks
-    of their own, and pad up to :func:`_few_rows`. (JAX's MLP of benchmarks/ against 1,000
-    background rows, where the call takes this path: 0.55 s at each new row count, of
-    steps and small ops compiled.)"""
+def _padded_rows(adapter: Adapter, xp, design: _sampling.Design, stdevs: float, rtol, batch_size: int, n: int,
+                 program: bool) -> int:
+    """The rows a call of ``n`` rows runs: ``n``, or padded with copies of its rows where a
+    new row count would compile or trace anew (not in adaptive rounds, which pick rows).
+
+    - The whole-call programs (JAX): :func:`_program_rows`.
+    - Other paths of a padding adapter (JAX, TensorFlow), whose chunks have one shape
+      whatever the row count: a call of fewer rows than a chunk holds runs chunks of its
+      own, so it pads up to :func:`_few_rows` (TensorFlow's MLP of benchmarks/: 0.25-0.35
+      s of trace and compile at each new count of 1 to 7 rows).
+    - Where eager ops compile (JAX), a call on the per-chunk path of :func:`_attribute`
+      also pads up to a multiple of its chunk's rows, to which its last row group was
+      padded anyway (its slicing, padding and joining compile per count: the MLP against
+      1,000 background rows, 0.51-0.61 s at each new count).
+    """
+    if program:
+        return _program_rows(design, batch_size, n)
+    if not adapter.pads or xp is not adapter.xp or rtol is not None:
+        return n
+    few = _few_rows(n)
+    if _uses_columns(design, stdevs, rtol, batch_size):
+        # A plan of their own: one row group of exactly those rows.
+        sets = tuple((c1 - c0, p) for c0, c1, p in _column_sets(design))
+        return few if few > n and _column_plan(sets, batch_size, few, True)[0] == few else n
     k_rows = max(1, batch_size // _sample_chunk(design.n_samples, design.columns,
                                                  _plan(design.n_samples, batch_size, equal=True)[1]))
-    return -(-n // k_rows) * k_rows if n >= k_rows else min(k_rows, _few_rows(n))
+    if n < k_rows:
+        return min(k_rows, few)
+    return -(-n // k_rows) * k_rows if adapter.eager_compiles else n
 
 
 def _few_rows(n: int) -> int:
-    """The least of 1, 2, 3, 4, 6, 8, 12, ... (powers of two and 1.5 times them) at least ``n``."""
-    size = 1 << (n - 1).bit_length()
-    return size * 3 // 4 if size >= 4 and size * 3 // 4 >= n else size
+    """The least count at least ``n`` of 1, 2, 3, 4, 6, 8, then four per doubling (10, 12,
+    14, 16, 20, 24, 28, 32, 40, ...): at most 25% more rows, and few counts to compile."""
+    if n <= 4:
+        return n
+    if n <= 8:
+        return 6 if n <= 6 else 8
+    step = 1 << ((n - 1).bit_length() - 3)
+    return -(-n // step) * step
 
 
 def _rows_program(xp, value_and_grad, x_rows, background, cot, sets, *, map_rows: Callable):
@@ -1081,7 +1105,7 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     ``rtol`` take as many blocks again, until ``max_blocks``. ``gap``: each row's
     completeness target ``f(x) - base``, which adaptive mode checks the values' sum against
     (``None`` without ``rtol``). ``rows``: the caller's rows, where ``x`` holds padding
-    after them (:func:`_chunk_rows`; the progress bar counts the caller's rows only).
+    after them (:func:`_padded_rows`; the progress bar counts the caller's rows only).
     """
     n = x[0].shape[0]
     dtype = x[0].dtype
@@ -1370,14 +1394,10 @@ def run(
     # _attribute_program), on its own arrays.
     loop = adapter.row_loop(x) if xp is adapter.xp and _uses_columns(design, stdevs, rtol, batch_size) else None
     program = loop is not None
-    # Where each new shape compiles, the rows are padded to a few counts (see _padded_rows);
-    # the results are cut back to the caller's rows.
+    # Where a new row count compiles or traces anew, the rows are padded to a few counts
+    # (see _padded_rows); the results are cut back to the caller's rows.
     rows, x_in = n, x
-    if program:
-        n = _program_rows(design, batch_size, rows)
-    elif adapter.eager_compiles and xp is adapter.xp and rtol is None and not _uses_columns(design, stdevs, rtol,
-                                                                                            batch_size):
-        n = _chunk_rows(design, batch_size, rows)
+    n = _padded_rows(adapter, xp, design, stdevs, rtol, batch_size, rows, program)
     x = _pad(adapter, xp, x, n)
     # Where x and the background fit one forward chunk, they go through the model together
     # (one call, one reduction to check finiteness); larger x is not copied. Only a failed
