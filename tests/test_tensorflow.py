@@ -124,7 +124,7 @@ def test_traces_once_per_shape_not_per_chunk(linear):
     assert_one_trace_per_chunk_shape(explainer, x, lambda: model.calls)
 
 
-def test_a_few_rows_run_the_chunks_of_the_count_they_pad_to(linear, rng):
+def test_a_few_rows_run_the_chunks_of_the_count_they_pad_to(linear, rng, capsys):
     """Fewer rows than a chunk holds run a chunk of their own, traced per shape: 5 rows pad
     to 6 with copies of rows, so after a call of 6 rows a call of 5 traces nothing new,
     on the column path (16 samples over 8 background rows, 2 per column) and on the
@@ -143,6 +143,9 @@ def test_a_few_rows_run_the_chunks_of_the_count_they_pad_to(linear, rng):
         assert exp.values.shape == (5, 5) and exp.output.shape == (5,)
         np.testing.assert_allclose(exp.values.numpy(), expected, rtol=0, atol=ATOL)
         np.testing.assert_allclose(exp.output.numpy(), x[:5] @ w + 0.5, rtol=1e-6)
+        capsys.readouterr()
+        explainer(tf.constant(x[:5]), n_samples=16, sampler=sampler, seed=2, progress=True)
+        assert "80/80" in capsys.readouterr().err, sampler  # the caller's rows only
 
 
 def test_plain_callable_with_several_inputs_and_an_unused_one(rng):

@@ -594,13 +594,14 @@ def _uses_columns(design: _sampling.Design, stdevs: float, rtol, batch_size: int
             and 2 <= design.n_samples // design.columns and -(-design.n_samples // design.columns) <= batch_size)
 
 
-def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, key, batch_size, bar):
+def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, key, batch_size, bar, rows=None):
     """:func:`_attribute` for a design :func:`_uses_columns` accepts, through :func:`_chunk_columns`.
 
     Rows go in groups of ``k_rows``, and the columns of each set of equal counts in groups;
     a row group's shares of its column groups add up to its estimate and variance, so no
     statistic is kept between chunks and nothing is merged. (``_gap``, the completeness
-    target, serves adaptive rounds only, which this path does not run.)
+    target, serves adaptive rounds only, which this path does not run.) ``rows``: the
+    caller's rows, where ``x`` holds padding after them (:func:`_padded_rows`).
     """
     n = x[0].shape[0]
     acc = _accumulation_dtype(xp, x[0].dtype)
@@ -654,8 +655,10 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
                     b_part = adapter.step_array(xp, b_part, device=device)
                     a_part = adapter.step_array(xp, a_part, dtype=acc, device=device)
                 totals = _add_shares(totals, step(xp, tuple(x_rows), background, cot, b_part, a_part, est_w, var_w))
-                if bar is not None:
-                    bar.update(k * passes * owned)
+                if bar is not None:  # the caller's rows only (``rows``: see _padded_rows, which
+                    # pads this path to one row group, so the slots below see no padding)
+                    real = n if rows is None else rows
+                    bar.update((min(hi, real) - min(lo, real)) * passes * owned)
             if host is not None:
                 for buffer, arrays in zip(host, totals):
                     for pos, v in enumerate(arrays):
@@ -1464,9 +1467,9 @@ def run(
                                                         batch_size=batch_size, bar=bar, loop=loop, pieces=pieces,
                                                         rows=rows)
                         else:
-                            attribute = _attribute_columns if _uses_columns(design, stdevs, rtol, batch_size) \
-                                else functools.partial(_attribute, stdevs=stdevs, rtol=rtol, max_blocks=max_blocks,
-                                                       rows=rows)
+                            attribute = functools.partial(_attribute_columns, rows=rows) \
+                                if _uses_columns(design, stdevs, rtol, batch_size) else \
+                                functools.partial(_attribute, stdevs=stdevs, rtol=rtol, max_blocks=max_blocks, rows=rows)
                             vals, var, used, met = attribute(
                                 adapter, xp, x, background, cot, gap, design=design, key=key,
                                 batch_size=batch_size, bar=bar,
