@@ -204,6 +204,26 @@ def test_integrated_gradients_is_expected_gradients_with_one_background_row(rng)
 # --------------------------------------------------------------------------- frameworks
 
 
+@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
+def test_per_row_baselines_on_compiling_frameworks_at_a_row_count_they_would_pad(rng, framework):
+    """JAX and TensorFlow pad a call's rows to a few counts (5 rows run as 6 elsewhere);
+    per-row baselines pair row r with baseline row r, so those calls are not padded and
+    give each row the integral against its own baseline, with its own base value."""
+    d = 4
+    x, b = rng.normal(size=(5, d)), rng.normal(size=(5, d))
+    expected = np.stack([_product_ig(row, base) for row, base in zip(x, b)])
+    if framework == "jax":
+        jnp = pytest.importorskip("jax").numpy
+        model, arr = (lambda p: jnp.prod(p, axis=1)), jnp.asarray
+    else:
+        tf = pytest.importorskip("tensorflow")
+        model, arr = (lambda p: tf.reduce_prod(p, axis=1)), tf.constant
+    exp = gradshap.IntegratedGradients(model, arr(b))(arr(x), n_steps=2)
+    np.testing.assert_allclose(np.asarray(exp.values), expected, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(exp.base_values), np.prod(b, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(exp.output), np.prod(x, axis=1), rtol=1e-12)
+
+
 def test_torch_and_jax_models_give_the_analytic_integral(rng):
     torch = pytest.importorskip("torch")
     jax = pytest.importorskip("jax")

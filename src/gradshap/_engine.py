@@ -871,7 +871,8 @@ def _program_rows(design: _sampling.Design, batch_size: int, n: int) -> int:
 def _padded_rows(adapter: Adapter, xp, design: _sampling.Design, stdevs: float, rtol, batch_size: int, n: int,
                  program: bool) -> int:
     """The rows a call of ``n`` rows runs: ``n``, or padded with copies of its rows where a
-    new row count would compile or trace anew (not in adaptive rounds, which pick rows).
+    new row count would compile or trace anew (not in adaptive rounds, which pick rows,
+    nor with per-row baselines, whose background has a row per row).
 
     - The whole-call programs (JAX): :func:`_program_rows`.
     - Other paths of a padding adapter (JAX, TensorFlow), whose chunks have one shape
@@ -883,6 +884,8 @@ def _padded_rows(adapter: Adapter, xp, design: _sampling.Design, stdevs: float, 
       padded anyway (its slicing, padding and joining compile per count: the MLP against
       1,000 background rows, 0.51-0.61 s at each new count).
     """
+    if design.paired:
+        return n
     if program:
         return _program_rows(design, batch_size, n)
     if not adapter.pads or xp is not adapter.xp or rtol is not None:
