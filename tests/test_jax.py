@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 
@@ -343,6 +344,32 @@ def test_few_rows_run_as_slots_of_the_shapes_compiled_already(rng, monkeypatch):
         ref = _reference(weights, bg, x[:rows], target=2, n_samples=30, seed=5)  # (NumPy's steps run eagerly)
         np.testing.assert_allclose(np.asarray(exp.values), ref.values, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(np.asarray(exp.stderr), ref.stderr, rtol=1e-9, atol=1e-12)
+
+
+def test_last_rows_of_the_per_chunk_column_path_pad_to_what_their_slots_hold(rng, capsys, caplog):
+    """The per-chunk column path (no row loop) runs its last rows as slots: at batch_size
+    40, 8 slots a chunk and 2 and 5 column groups per row, 2 last rows fill as many chunks
+    as 3, so 18 rows run as 19. After a call of 19 rows, a call of 18 compiles only the
+    padding and the cutting back (a gather and two slices), and gives the NumPy
+    reference's numbers and the caller's count of gradients."""
+    jax = import_or_fail("jax")
+    jnp = jax.numpy
+    from gradshap import _engine, _sampling
+
+    explainer, weights, bg, x = _per_chunk_explainer(rng, 40)
+    design = _sampling.plan("auto", 30, 7)
+    assert [_engine._padded_rows(explainer.adapter, jnp, design, 0.0, None, 40, n, False) for n in (18, 19, 20)] == \
+        [19, 19, 20]
+    explainer(jnp.asarray(x[:19]), target=2, n_samples=30, seed=5)
+    jnp.asarray(x[:18])  # (the comparison's own conversion, compiled before)
+    with caplog.at_level("WARNING", logger="jax"), jax.log_compiles(True):
+        caplog.clear()
+        _assert_the_reference(explainer, weights, bg, x[:18], target=2, n_samples=30, seed=5)
+    compiled = [m.group(1) for r in caplog.records if (m := re.match(r"Compiling jit\((\w+)\)", r.getMessage()))]
+    assert sorted(compiled) == ["_take", "dynamic_slice", "dynamic_slice"]
+    capsys.readouterr()
+    explainer(jnp.asarray(x[:18]), target=2, n_samples=30, seed=5, progress=True)
+    assert "540/540" in capsys.readouterr().err  # the caller's rows only
 
 
 def test_the_results_are_one_program_where_eager_ops_compile(rng, monkeypatch):

@@ -655,8 +655,7 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
                     b_part = adapter.step_array(xp, b_part, device=device)
                     a_part = adapter.step_array(xp, a_part, dtype=acc, device=device)
                 totals = _add_shares(totals, step(xp, tuple(x_rows), background, cot, b_part, a_part, est_w, var_w))
-                if bar is not None:  # the caller's rows only (``rows``: see _padded_rows, which
-                    # pads this path to one row group, so the slots below see no padding)
+                if bar is not None:  # the caller's rows only (``rows``: see _padded_rows)
                     real = n if rows is None else rows
                     bar.update((min(hi, real) - min(lo, real)) * passes * owned)
             if host is not None:
@@ -667,7 +666,8 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
                 parts.append(totals)
     if tail:
         parts.append(_column_slots(adapter, xp, step, x, background, cot_rows, head, n, groups,
-                                   design=design, key=key, k_run=k_run, acc=acc, device=device, bar=bar))
+                                   design=design, key=key, k_run=k_run, acc=acc, device=device, bar=bar,
+                                   counted=n if rows is None else rows))
     used, met = np.full(n, design.n_samples, dtype=np.int64), np.ones(n, dtype=bool)
     if host is not None:
         return ([xp.asarray(v, device=device) for v in host[0]], [xp.asarray(v, device=device) for v in host[1]],
@@ -733,10 +733,11 @@ def _row_groups(adapter, xp, arrays: tuple, k_rows: int) -> list:
 
 
 def _column_slots(adapter, xp, step, x, background, cot_rows, r0, r1, groups, *, design, key, k_run, acc, device,
-                  bar):
+                  bar, counted=None):
     """The estimate and variance shares of the rows ``r0..r1-1`` (fewer than ``k_run``)
     through chunks of ``k_run`` slots, each slot one (row, column group) of one set of
-    equal counts, padded only in each set's last chunk; per input ``(r1 - r0, F)``."""
+    equal counts, padded only in each set's last chunk; per input ``(r1 - r0, F)``.
+    ``counted``: where the caller's rows end (padding after it, uncounted by ``bar``)."""
     rows, m = np.arange(r0, r1), r1 - r0
     baseline, alpha = _column_draws(design, key, r0, r1)
     totals = None
@@ -753,8 +754,8 @@ def _column_slots(adapter, xp, step, x, background, cot_rows, r0, r1, groups, *,
                          *(adapter.step_array(xp, v, dtype=acc, device=device) for v in w))
             shares.append(share)
         for grp in mine:
-            if bar is not None:
-                bar.update(m * passes * grp[3])
+            if bar is not None:  # rows from ``counted`` on are padding (see _padded_rows)
+                bar.update((m if counted is None else max(0, min(r1, counted) - r0)) * passes * grp[3])
         # Every slot's share, in slot order, summed over the column groups of each row (with
         # one column group, a slot is a whole row: nothing to sum).
         def slot_shares(which: int, pos: int):
@@ -858,7 +859,7 @@ def _program_rows(design: _sampling.Design, batch_size: int, n: int) -> int:
     k, widths, cuts = _pieces(design, batch_size, n)
     groups = [-(-(c1 - c0) // gc) for (c0, c1, _), gc in zip(_column_sets(design), widths)]
     last = cuts[-1] - cuts[-2]
-    size = cuts[-2] + min(-(-last * g // k) * k // g for g in groups)
+    size = cuts[-2] + _filled(last, k, groups)
     if size > n and _pieces(design, batch_size, size) == (k, widths, (*cuts[:-1], size)):
         return size
     if size == n and len(cuts) == 2:  # a few rows, run by a plan of their own
@@ -882,7 +883,9 @@ def _padded_rows(adapter: Adapter, xp, design: _sampling.Design, stdevs: float, 
     - Where eager ops compile (JAX), a call on the per-chunk path of :func:`_attribute`
       also pads up to a multiple of its chunk's rows, to which its last row group was
       padded anyway (its slicing, padding and joining compile per count: the MLP against
-      1,000 background rows, 0.51-0.61 s at each new count).
+      1,000 background rows, 0.51-0.61 s at each new count); one on the column path pads
+      its last rows up to the most that their slots hold (the small CNN of benchmarks/ on
+      CPU: 31 rows run as 32).
     """
     if design.paired:
         return n
@@ -892,14 +895,27 @@ def _padded_rows(adapter: Adapter, xp, design: _sampling.Design, stdevs: float, 
         return n
     few = _few_rows(n)
     if _uses_columns(design, stdevs, rtol, batch_size):
-        # A plan of their own: one row group of exactly those rows.
         sets = tuple((c1 - c0, p) for c0, c1, p in _column_sets(design))
+        k, widths = _column_plan(sets, batch_size, n, True)
+        tail = n % k
+        if adapter.eager_compiles and tail:
+            # The last rows run as slots (_column_slots): up to the most rows they hold.
+            size = n - tail + min(k, _filled(tail, k, [-(-w // gc) for (w, _), gc in zip(sets, widths)]))
+            if size > n and _column_plan(sets, batch_size, size, True) == (k, widths):
+                return size
+        # A plan of their own: one row group of exactly those rows.
         return few if few > n and _column_plan(sets, batch_size, few, True)[0] == few else n
     k_rows = max(1, batch_size // _sample_chunk(design.n_samples, design.columns,
                                                  _plan(design.n_samples, batch_size, equal=True)[1]))
     if n < k_rows:
         return min(k_rows, few)
     return -(-n // k_rows) * k_rows if adapter.eager_compiles else n
+
+
+def _filled(rows: int, k: int, groups: list) -> int:
+    """The most rows whose slots (per set, ``groups`` column groups per row; ``k`` slots a
+    chunk) run in as many chunks as the slots of ``rows`` rows."""
+    return min(-(-rows * g // k) * k // g for g in groups)
 
 
 def _few_rows(n: int) -> int:
