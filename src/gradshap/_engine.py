@@ -455,6 +455,12 @@ def _sample_chunk(n_samples: int, columns: int, size: int) -> int:
     return -(-columns // -(-columns // size))
 
 
+def _sample_rows(design: _sampling.Design, batch_size: int, *, equal: bool) -> tuple[int, int]:
+    """Samples and rows per chunk of :func:`_attribute` (``equal``: a padding adapter's plan)."""
+    s_size = _sample_chunk(design.n_samples, design.columns, _plan(design.n_samples, batch_size, equal=equal)[1])
+    return s_size, max(1, batch_size // s_size)
+
+
 # A chunk shape is accepted once it holds this fraction of batch_size points.
 _MIN_FILL = 0.9
 
@@ -490,6 +496,16 @@ def _column_sets(design: _sampling.Design) -> list[tuple[int, int, int]]:
     the first ``r`` columns hold ``q + 1`` samples and the others ``q``."""
     q, r = divmod(design.n_samples, design.columns)
     return ([(0, r, q + 1)] if r else []) + [(r, design.columns, q)]
+
+
+def _set_sizes(design: _sampling.Design) -> tuple:
+    """The sets of :func:`_column_sets` as ``(columns, passes)``, the form the plans take."""
+    return tuple((c1 - c0, p) for c0, c1, p in _column_sets(design))
+
+
+def _groups_per_set(sets: tuple, widths: tuple) -> list:
+    """Column groups per row of each set ``(columns, passes)`` at the groups' ``widths``."""
+    return [-(-width // gc) for (width, _), gc in zip(sets, widths)]
 
 
 def _column_groups(sets: tuple, batch_size: int, k: int) -> tuple | None:
@@ -579,7 +595,7 @@ def _column_points(sets: tuple, k: int, widths: tuple, n_rows: int) -> int:
 
 def _set_chunks(sets: tuple, k: int, widths: tuple, n_rows: int, pads: bool) -> list:
     """Per set, the chunks of :func:`_column_chunks`."""
-    groups = [-(-width // gc) for (width, _), gc in zip(sets, widths)]
+    groups = _groups_per_set(sets, widths)
     full, tail = divmod(n_rows, k)
     if not pads:
         return [(full + (tail > 0)) * g for g in groups]
@@ -608,8 +624,9 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
     device = _validation.device_of(xp, x[0])
     feat = [tuple(a.shape[1:]) for a in x]
     sets = _column_sets(design)
-    k_rows, widths = _column_plan(tuple((c1 - c0, p) for c0, c1, p in sets), batch_size, n, adapter.pads)
+    k_rows, widths = _column_plan(_set_sizes(design), batch_size, n, adapter.pads)
     k_run = k_rows if adapter.pads else min(k_rows, n)
+    counted = n if rows is None else rows  # what the progress bar counts
     step = adapter.fuse(_chunk_columns)
     groups = _column_spans(design, sets, widths, reach_back=adapter.pads)
     # A padding adapter computes every chunk with k_run rows. A last row group with fewer
@@ -656,8 +673,7 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
                     a_part = adapter.step_array(xp, a_part, dtype=acc, device=device)
                 totals = _add_shares(totals, step(xp, tuple(x_rows), background, cot, b_part, a_part, est_w, var_w))
                 if bar is not None:  # the caller's rows only (``rows``: see _padded_rows)
-                    real = n if rows is None else rows
-                    bar.update((min(hi, real) - min(lo, real)) * passes * owned)
+                    bar.update((min(hi, counted) - min(lo, counted)) * passes * owned)
             if host is not None:
                 for buffer, arrays in zip(host, totals):
                     for pos, v in enumerate(arrays):
@@ -667,7 +683,7 @@ def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, ke
     if tail:
         parts.append(_column_slots(adapter, xp, step, x, background, cot_rows, head, n, groups,
                                    design=design, key=key, k_run=k_run, acc=acc, device=device, bar=bar,
-                                   counted=n if rows is None else rows))
+                                   counted=counted))
     used, met = np.full(n, design.n_samples, dtype=np.int64), np.ones(n, dtype=bool)
     if host is not None:
         return ([xp.asarray(v, device=device) for v in host[0]], [xp.asarray(v, device=device) for v in host[1]],
@@ -733,7 +749,7 @@ def _row_groups(adapter, xp, arrays: tuple, k_rows: int) -> list:
 
 
 def _column_slots(adapter, xp, step, x, background, cot_rows, r0, r1, groups, *, design, key, k_run, acc, device,
-                  bar, counted=None):
+                  bar, counted):
     """The estimate and variance shares of the rows ``r0..r1-1`` (fewer than ``k_run``)
     through chunks of ``k_run`` slots, each slot one (row, column group) of one set of
     equal counts, padded only in each set's last chunk; per input ``(r1 - r0, F)``.
@@ -755,7 +771,7 @@ def _column_slots(adapter, xp, step, x, background, cot_rows, r0, r1, groups, *,
             shares.append(share)
         for grp in mine:
             if bar is not None:  # rows from ``counted`` on are padding (see _padded_rows)
-                bar.update((m if counted is None else max(0, min(r1, counted) - r0)) * passes * grp[3])
+                bar.update(max(0, min(r1, counted) - r0) * passes * grp[3])
         # Every slot's share, in slot order, summed over the column groups of each row (with
         # one column group, a slot is a whole row: nothing to sum).
         def slot_shares(which: int, pos: int):
@@ -835,8 +851,7 @@ def _pieces(design: _sampling.Design, batch_size: int, n: int) -> tuple[int, tup
     ms of a 6 ms call); each piece size compiles once, and calls with more rows than a
     stretch reuse the first piece's and the full stretches' programs.
     """
-    sets = _column_sets(design)
-    k, widths = _column_plan(tuple((c1 - c0, p) for c0, c1, p in sets), batch_size, n, True)
+    k, widths = _column_plan(_set_sizes(design), batch_size, n, True)
     stretch = k * max(1, min(_DRAWS_PER_CALL, _CHUNKS_PER_PIECE * batch_size) // (k * design.n_samples))
     cuts = (0, *range(k, n, stretch), n) if n > k else (0, n)
     return k, widths, cuts
@@ -857,9 +872,8 @@ def _program_rows(design: _sampling.Design, batch_size: int, n: int) -> int:
     more per call after that.
     """
     k, widths, cuts = _pieces(design, batch_size, n)
-    groups = [-(-(c1 - c0) // gc) for (c0, c1, _), gc in zip(_column_sets(design), widths)]
     last = cuts[-1] - cuts[-2]
-    size = cuts[-2] + _filled(last, k, groups)
+    size = cuts[-2] + _filled(last, k, _groups_per_set(_set_sizes(design), widths))
     if size > n and _pieces(design, batch_size, size) == (k, widths, (*cuts[:-1], size)):
         return size
     if size == n and len(cuts) == 2:  # a few rows, run by a plan of their own
@@ -895,18 +909,17 @@ def _padded_rows(adapter: Adapter, xp, design: _sampling.Design, stdevs: float, 
         return n
     few = _few_rows(n)
     if _uses_columns(design, stdevs, rtol, batch_size):
-        sets = tuple((c1 - c0, p) for c0, c1, p in _column_sets(design))
+        sets = _set_sizes(design)
         k, widths = _column_plan(sets, batch_size, n, True)
         tail = n % k
         if adapter.eager_compiles and tail:
             # The last rows run as slots (_column_slots): up to the most rows they hold.
-            size = n - tail + min(k, _filled(tail, k, [-(-w // gc) for (w, _), gc in zip(sets, widths)]))
+            size = n - tail + min(k, _filled(tail, k, _groups_per_set(sets, widths)))
             if size > n and _column_plan(sets, batch_size, size, True) == (k, widths):
                 return size
         # A plan of their own: one row group of exactly those rows.
         return few if few > n and _column_plan(sets, batch_size, few, True)[0] == few else n
-    k_rows = max(1, batch_size // _sample_chunk(design.n_samples, design.columns,
-                                                 _plan(design.n_samples, batch_size, equal=True)[1]))
+    _, k_rows = _sample_rows(design, batch_size, equal=True)
     if n < k_rows:
         return min(k_rows, few)
     return -(-n // k_rows) * k_rows if adapter.eager_compiles else n
@@ -994,6 +1007,7 @@ def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, bat
     acc = _accumulation_dtype(xp, x[0].dtype)
     device = _validation.device_of(xp, x[0])
     k, widths, cuts = _pieces(design, batch_size, n)
+    counted = n if rows is None else rows  # what the progress bar counts
     if pieces is None or pieces[0] != cuts:  # (after a smaller batch_size, cut anew)
         pieces = cuts, _cut(xp, x, cuts)
     pieces = pieces[1] or (x,)
@@ -1016,9 +1030,8 @@ def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, bat
         est, var = step(xp, x_rows, background, cot, args)
         ests.append(est)
         variances.append(var)
-        if bar is not None:
-            real = n if rows is None else rows
-            bar.update((min(r1, real) - min(r0, real)) * design.n_samples)
+        if bar is not None:  # the caller's rows only
+            bar.update((min(r1, counted) - min(r0, counted)) * design.n_samples)
     return ests, variances
 
 
@@ -1136,9 +1149,7 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     feat = [tuple(a.shape[1:]) for a in x]
     sizes = [math.prod(f) for f in feat]
     n0, g = design.n_samples, design.columns
-    _, s_plan = _plan(n0, batch_size, equal=adapter.pads)
-    s_size = _sample_chunk(n0, g, s_plan)
-    k_rows = max(1, batch_size // s_size)
+    s_size, k_rows = _sample_rows(design, batch_size, equal=adapter.pads)
     ranges = _chunk_ranges(n0, g, s_size)
     # Every design but a deterministic rule has weights all 1, and has its chunks reduced
     # by the step; a rule keeps its per-node means (see _ColumnStats): its chunks come back whole.
