@@ -27,7 +27,7 @@ L = keras.layers
 
 class TripwireLayer(L.Layer):
     """Identity that runs a :class:`Tripwire` at every run of the model, also inside
-    compiled code (as a host callback there). The callback's value scales the input (by
+    compiled code and loops there (as a host callback of the input). The callback's value scales the input (by
     exactly 1), so the gradient needs it: a compiled chunk step that uses only the
     gradients would otherwise drop a pure callback as dead code."""
 
@@ -46,7 +46,10 @@ class TripwireLayer(L.Layer):
         else:
             import jax
 
-            flag = jax.pure_callback(self.tripwire, jax.ShapeDtypeStruct((), np.float32))
+            # An operand from the input: a callback without one is hoisted out of a loop
+            # over chunks inside a program, and then runs once per program.
+            first = jax.lax.stop_gradient(x[0, 0])
+            flag = jax.pure_callback(self.tripwire, jax.ShapeDtypeStruct((), np.float32), first)
         return x * (1.0 + 0.0 * flag)
 
     def compute_output_shape(self, shape):
@@ -130,7 +133,8 @@ def seeded_globals():
 
 
 def _explainer(model, bg):
-    # 6 rows x 4 samples in chunks of 2 rows: forward(x), forward(background), then 3 chunks.
+    # 6 rows x 4 samples in chunks of 2 rows: forward(x), forward(background), then 3 chunks
+    # (on JAX in two programs, of 2 rows and of 4, each looping over its chunks).
     return gradshap.GradientExplainer(model, bg, batch_size=8)
 
 

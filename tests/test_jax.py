@@ -6,6 +6,7 @@ import functools
 import re
 
 import numpy as np
+import pytest
 
 import gradshap
 from conftest import import_or_fail
@@ -194,20 +195,23 @@ def test_a_new_row_count_runs_the_programs_of_the_count_it_pads_to(rng, capsys):
 
 
 def test_a_new_row_count_on_the_per_chunk_path_runs_the_steps_of_the_count_it_pads_to(rng, capsys):
-    """30 samples over 40 background rows give no column two samples: the per-chunk path,
-    whose chunks hold 2 rows x 30 samples at batch_size 60 (a last row group is padded to
-    2 rows anyway). 11 rows pad to 12, so after calls of 12 rows, calls of 11 trace the
-    model no more, with or without smoothing noise, and give the NumPy reference's numbers
-    for the caller's rows; a few rows (5 at the default batch_size) pad to 6."""
+    """30 samples over 40 background rows give no column two samples: chunks of 2 rows x
+    30 samples at batch_size 60 (a last row group is padded to 2 rows anyway), run as
+    programs (:func:`_engine._blocks_program`) or, with smoothing noise, by the per-chunk
+    path. 11 rows pad to 12 on both, so after calls of 12 rows, calls of 11 trace the
+    model no more, and give the NumPy reference's numbers for the caller's rows; a few
+    rows (5 at the default batch_size) pad to 6."""
     jnp = import_or_fail("jax").numpy
     from gradshap import _engine, _sampling
 
     design = _sampling.plan("auto", 30, 40)
     assert not _engine._uses_columns(design, 0.0, None, 60)
+    assert _engine._uses_blocks(design, 0.0, None, 60) and not _engine._uses_blocks(design, 0.3, None, 60)
     adapter = gradshap.GradientExplainer(lambda p: p, jnp.zeros((40, 6))).adapter
-    padded = [_engine._padded_rows(adapter, jnp, design, 0.0, None, bs, n, False)
-              for bs, n in ((60, 11), (60, 12), (8192, 5), (8192, 6))]
-    assert padded == [12, 12, 6, 6]
+    for program in (False, True):
+        padded = [_engine._padded_rows(adapter, jnp, design, 0.0, None, bs, n, program)
+                  for bs, n in ((60, 11), (60, 12), (8192, 5), (8192, 6))]
+        assert padded == [12, 12, 6, 6]
     weights, model, traced = _counting_mlp(rng)
     bg, x = rng.normal(size=(40, 6)), rng.normal(size=(12, 6))
     per_row = rng.integers(0, 3, size=11)
@@ -223,6 +227,72 @@ def test_a_new_row_count_on_the_per_chunk_path_runs_the_steps_of_the_count_it_pa
     capsys.readouterr()
     explainer(jnp.asarray(x[:5]), target=1, n_samples=30, seed=4, progress=True)
     assert "150/150" in capsys.readouterr().err  # the caller's rows only
+
+
+def test_whole_blocks_run_as_programs_in_pieces_of_row_groups(rng, capsys):
+    """Where each chunk holds a whole block of samples for its rows (30 samples over 40
+    background rows: one column), a dense model on JAX runs the call as programs too: at
+    batch_size 60, chunks of 2 rows x 30 samples, and 23 rows (padded to 24) as pieces of
+    2, 8, 8 and 6 rows, each looping over its chunks inside. Every kind of target gives
+    the NumPy reference's numbers; a second call, and one at 23 rows after 24, trace the
+    model no more; the progress bar counts the caller's rows."""
+    jnp = import_or_fail("jax").numpy
+    from gradshap import _engine, _sampling
+
+    design = _sampling.plan("auto", 30, 40)
+    assert _engine._pieces(design, 60, 24) == (2, None, (0, 2, 10, 18, 24))
+    assert [_engine._program_rows(design, 60, n) for n in (23, 24, 1, 2, 3)] == [24, 24, 1, 2, 4]
+    weights, model, traced = _counting_mlp(rng)
+    bg, x = rng.normal(size=(40, 6)), rng.normal(size=(24, 6))
+    explainer = gradshap.GradientExplainer(model, jnp.asarray(bg), batch_size=60)
+    blocks = []
+    run_blocks = _engine._blocks_program
+    try:
+        _engine._blocks_program = lambda *a, **k: blocks.append(a[5].shape) or run_blocks(*a, **k)
+        explainer(jnp.asarray(x), target=1, n_samples=30, seed=4)
+        seen = len(traced)
+        per_row = rng.integers(0, 3, size=23)
+        for target in (1, [0, 2], "predicted", per_row, jnp.asarray(per_row)):
+            _assert_the_reference(explainer, weights, bg, x[:23], target=target, n_samples=30, seed=4)
+        assert len(traced) == seen
+    finally:
+        _engine._blocks_program = run_blocks
+    assert blocks == [(1, 2, 30), (4, 2, 30), (3, 2, 30)]  # traced once per piece size
+    # Other rows and another seed: the kept draws of the calls above must not be reused.
+    for rows, seed in ((slice(3, 9), 4), (slice(0, 6), 5), (slice(0, 24), 5)):
+        _assert_the_reference(explainer, weights, bg, x[rows], target=2, n_samples=30, seed=seed)
+    capsys.readouterr()
+    explainer(jnp.asarray(x[:23]), target=1, n_samples=30, seed=4, progress=True)
+    assert "690/690" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("batch_size", "raise_at", "chunk"), [(220, 160, 100), (140, 140, 70)])
+def test_whole_block_programs_retry_out_of_memory_at_half_the_batch(rng, batch_size, raise_at, chunk):
+    """After an out-of-memory error a call runs again at half the batch_size. 8 rows of 20
+    samples over 40 background rows at batch_size 220 run one chunk of 8 rows; at 110,
+    chunks of 5 rows, which do not divide the 8: the last piece, 3 rows, fills its chunk
+    with copies of its rows. At 140 one chunk of 7 rows, then one of 1 (8 rows pad to 14);
+    at 70, chunks of 7 rows x 10 samples, no longer whole blocks: the per-chunk path. The
+    numbers are the NumPy reference's."""
+    jnp = import_or_fail("jax").numpy
+    from gradshap import _engine, _sampling
+
+    design = _sampling.plan("auto", 20, 40)
+    assert _engine._program_rows(design, batch_size, 8) == {220: 8, 140: 14}[batch_size]
+    assert _engine._uses_blocks(design, 0.0, None, 110) and not _engine._uses_blocks(design, 0.0, None, 70)
+    weights, model, traced = _counting_mlp(rng)
+
+    def small_device(p):
+        if p.shape[0] == raise_at:
+            raise MemoryError("fake RESOURCE_EXHAUSTED")
+        return model(p)
+
+    bg, x = rng.normal(size=(40, 6)), rng.normal(size=(8, 6))
+    explainer = gradshap.GradientExplainer(small_device, jnp.asarray(bg), batch_size=batch_size)
+    explainer.adapter.is_out_of_memory = lambda err: "fake RESOURCE_EXHAUSTED" in str(err)
+    with pytest.warns(ResourceWarning, match=f"retrying with batch_size={batch_size // 2}$"):
+        _assert_the_reference(explainer, weights, bg, x, target=1, n_samples=20, seed=3)
+    assert chunk in traced and not any(size > batch_size // 2 for size in traced[2:])
 
 
 def test_convolutions_on_cpu_run_a_compiled_step_per_chunk(rng):

@@ -23,10 +23,12 @@ half-precision inputs. The per-column statistics of ``k`` rows take
 rows' worth of features.
 
 Where the adapter compiles whole programs and runs loops inside them at full speed
-(:meth:`Adapter.row_loop`: JAX, but for convolutions on CPU), the column path is a few
-programs per call instead of a step per chunk: the outputs, each piece of rows with its
-chunks looped over inside, and the results (:func:`_attribute_program`); their rows are
-padded to a few counts, so that other row counts find them compiled (:func:`_program_rows`).
+(:meth:`Adapter.row_loop`: JAX, but for convolutions on CPU), the column path, and the
+general path where each chunk holds whole blocks of samples for its rows (large
+backgrounds, iid), are a few programs per call instead of a step per chunk: the outputs,
+each piece of rows with its chunks looped over inside, and the results
+(:func:`_attribute_program`); their rows are padded to a few counts, so that other row
+counts find them compiled (:func:`_program_rows`).
 """
 
 from __future__ import annotations
@@ -610,6 +612,41 @@ def _uses_columns(design: _sampling.Design, stdevs: float, rtol, batch_size: int
             and 2 <= design.n_samples // design.columns and -(-design.n_samples // design.columns) <= batch_size)
 
 
+def _whole_block(design: _sampling.Design, rtol, batch_size: int, equal: bool) -> bool:
+    """Whether each chunk of :func:`_attribute` holds a whole block of a stratified design
+    with two or more samples in every column, for the rows of one row group (200 samples
+    on 1,000 background rows, or iid): the chunk step then returns the estimate and its
+    variance (:func:`_block_coef`), and no statistic is kept between chunks."""
+    n0, g = design.n_samples, design.columns
+    return (design.kind not in ("rule", "replicates") and rtol is None and n0 % g == 0
+            and bool(np.all(design.counts >= 2))
+            and _chunk_ranges(n0, g, _sample_rows(design, batch_size, equal=equal)[0]) == [(0, n0)])
+
+
+def _block_coef(design: _sampling.Design) -> np.ndarray:
+    """For :func:`_whole_block`'s chunks, the factors ``(1, columns, 1)`` that turn a
+    column's spread into its share of the estimate's variance."""
+    n0, g = design.n_samples, design.columns
+    a, b, _ = design.column_constants(1)
+    w_col = np.sum(np.reshape(design.weights(0, n0), (n0 // g, g)), axis=0)
+    return np.reshape(a / (b * w_col) / g**2, (1, g, 1))
+
+
+def _uses_blocks(design: _sampling.Design, stdevs: float, rtol, batch_size: int) -> bool:
+    """Whether :func:`_blocks_program` may compute this call: :func:`_whole_block` chunks,
+    no input noise (drawn per point on the host), not :func:`_uses_columns`, one
+    background row for all rows."""
+    return (stdevs == 0 and not design.paired and not _uses_columns(design, stdevs, rtol, batch_size)
+            and _whole_block(design, rtol, batch_size, True))
+
+
+def _programs_run(design: _sampling.Design, stdevs: float, rtol, batch_size: int) -> bool:
+    """Whether an adapter with :meth:`Adapter.row_loop` runs this call as programs
+    (:func:`_attribute_program`); at a smaller ``batch_size``, after running out of
+    memory, a call may not."""
+    return _uses_columns(design, stdevs, rtol, batch_size) or _uses_blocks(design, stdevs, rtol, batch_size)
+
+
 def _attribute_columns(adapter, xp, x, background, cot_rows, _gap, *, design, key, batch_size, bar, rows=None):
     """:func:`_attribute` for a design :func:`_uses_columns` accepts, through :func:`_chunk_columns`.
 
@@ -843,15 +880,19 @@ def _cut(xp, x: tuple, cuts: tuple):
     return tuple(tuple(a[r0:r1, ...] for a in x) for r0, r1 in zip(cuts[:-1], cuts[1:]))
 
 
-def _pieces(design: _sampling.Design, batch_size: int, n: int) -> tuple[int, tuple, tuple]:
-    """Rows per chunk, column groups' widths, and where the row pieces of the programs start
-    and stop: the first row group alone, then stretches of about ``_CHUNKS_PER_PIECE``
-    chunks' worth of rows (so memory stays set by ``batch_size``). The device runs each
-    piece while the host draws the next (JAX MLP of benchmarks/: the draws take 0.4-0.7
-    ms of a 6 ms call); each piece size compiles once, and calls with more rows than a
-    stretch reuse the first piece's and the full stretches' programs.
+def _pieces(design: _sampling.Design, batch_size: int, n: int) -> tuple[int, tuple | None, tuple]:
+    """Rows per chunk, column groups' widths (``None`` for :func:`_blocks_program`), and
+    where the row pieces of the programs start and stop: the first row group alone, then
+    stretches of about ``_CHUNKS_PER_PIECE`` chunks' worth of rows (so memory stays set by
+    ``batch_size``). The device runs each piece while the host draws the next (JAX MLP of
+    benchmarks/: the draws take 0.4-0.7 ms of a 6 ms call); each piece size compiles once,
+    and calls with more rows than a stretch reuse the first piece's and the full
+    stretches' programs.
     """
-    k, widths = _column_plan(_set_sizes(design), batch_size, n, True)
+    if _uses_columns(design, 0.0, None, batch_size):
+        k, widths = _column_plan(_set_sizes(design), batch_size, n, True)
+    else:  # one chunk of the whole block per row group
+        k, widths = min(n, _sample_rows(design, batch_size, equal=True)[1]), None
     stretch = k * max(1, min(_DRAWS_PER_CALL, _CHUNKS_PER_PIECE * batch_size) // (k * design.n_samples))
     cuts = (0, *range(k, n, stretch), n) if n > k else (0, n)
     return k, widths, cuts
@@ -869,9 +910,13 @@ def _program_rows(design: _sampling.Design, batch_size: int, n: int) -> int:
     rows compute up to 1.25 times their points. On that MLP a call at a new row count
     compiled 0.5-0.6 s of programs; one padded to a count seen before takes 0.12-0.14 s
     (the padding and cutting back are small ops compiled per count), and 0.1-0.15 ms
-    more per call after that.
+    more per call after that. :func:`_blocks_program` runs whole row groups: its rows pad
+    to a multiple of a row group's, or, fewer, as few rows.
     """
     k, widths, cuts = _pieces(design, batch_size, n)
+    if widths is None:
+        k_rows = _sample_rows(design, batch_size, equal=True)[1]
+        return min(k_rows, _few_rows(n)) if n < k_rows else -(-n // k_rows) * k_rows
     last = cuts[-1] - cuts[-2]
     size = cuts[-2] + _filled(last, k, _groups_per_set(_set_sizes(design), widths))
     if size > n and _pieces(design, batch_size, size) == (k, widths, (*cuts[:-1], size)):
@@ -974,6 +1019,29 @@ def _rows_program(xp, value_and_grad, x_rows, background, cot, sets, *, map_rows
     return totals
 
 
+def _blocks_program(xp, value_and_grad, x_rows, background, cot, index, alpha, coef, *, map_rows: Callable):
+    """The estimate and its variance for a piece of ``m`` rows (``x_rows`` per input,
+    ``cot``), per input ``(m, F)``, where one chunk of :func:`_chunk` holds a whole block
+    for each of its ``k`` rows (:func:`_uses_blocks`): ``index`` and ``alpha`` ``(m / k, k,
+    s)``, per chunk, ``coef`` ``(1, columns, 1)`` (see :func:`_chunk`). ``map_rows`` as
+    for :func:`_rows_program`.
+    """
+    chunks, k, s = index.shape
+    m, g = cot.shape[0], coef.shape[1]
+    wx = xp.ones((1, s // g, g, 1), dtype=alpha.dtype)  # uniform weights: only the shape is read
+    rows = (*x_rows, cot)
+    if chunks * k != m:  # (rows not a multiple of k only after an out-of-memory retry)
+        idx = xp.arange(chunks * k) % m
+        rows = tuple(xp.take(v, idx, axis=0) for v in rows)
+
+    def chunk(arrays):
+        *xs, c, i, a = arrays
+        return _chunk_uniform(xp, value_and_grad, tuple(xs), background, c, i, a, None, wx, coef, None)
+
+    est, var = map_rows(chunk, (*(xp.reshape(v, (chunks, k, *v.shape[1:])) for v in rows), index, alpha))
+    return tuple([xp.reshape(v, (chunks * k, v.shape[-1]))[:m, ...] for v in part] for part in (est, var))
+
+
 def _finish_program(xp, value_and_grad, x, out_x, ref_b, cot, ests, variances, probe):
     """A target's results from the pieces' shares (each per input ``(m, F)``, in row order):
     values and standard errors per input ``(n, *features)``, base values, outputs
@@ -997,37 +1065,50 @@ def _finish_program(xp, value_and_grad, x, out_x, ref_b, cot, ests, variances, p
 
 def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, batch_size, bar, loop, pieces,
                        rows=None):
-    """:func:`_attribute_columns` as programs: the shares of each piece of rows
-    (:func:`_pieces`), per input ``(m, F)`` (for :func:`_finish_program`). ``pieces``: ``x``
-    cut into them already, as ``(cuts, pieces)`` (:func:`_cut`), or ``None`` to cut here.
-    ``rows``: the caller's rows, where ``x`` holds padding after them (:func:`_program_rows`;
-    the progress bar counts the caller's rows only).
+    """:func:`_attribute_columns` (or, where it does not run, :func:`_attribute` with
+    :func:`_uses_blocks`) as programs: the shares of each piece of rows (:func:`_pieces`),
+    per input ``(m, F)`` (for :func:`_finish_program`). ``pieces``: ``x`` cut into them
+    already, as ``(cuts, pieces)`` (:func:`_cut`), or ``None`` to cut here. ``rows``: the
+    caller's rows, where ``x`` holds padding after them (:func:`_program_rows`; the
+    progress bar counts the caller's rows only).
     """
     n = x[0].shape[0]
     acc = _accumulation_dtype(xp, x[0].dtype)
+    np_acc = np.float64 if xp.finfo(acc).bits == 64 else np.float32
     device = _validation.device_of(xp, x[0])
     k, widths, cuts = _pieces(design, batch_size, n)
     counted = n if rows is None else rows  # what the progress bar counts
     if pieces is None or pieces[0] != cuts:  # (after a smaller batch_size, cut anew)
         pieces = cuts, _cut(xp, x, cuts)
     pieces = pieces[1] or (x,)
-    # Per set, its column groups (of equal widths) and their weights (2, groups, width, 1).
-    groups = _column_spans(design, _column_sets(design), widths, reach_back=True)
-    layout = [(passes, tuple(grp[:2] for grp in mine),
-               tuple(adapter.step_array(xp, w, dtype=acc, device=device) for w in weights))
-              for passes, mine, weights in _by_set(groups)]
-    step = adapter.fuse(_program(_rows_program, map_rows=loop))
-    layout_key = tuple((passes, spans) for passes, spans, _ in layout)
+    if widths is None:  # whole blocks
+        step = adapter.fuse(_program(_blocks_program, map_rows=loop))
+        coef = adapter.step_array(xp, _block_coef(design), dtype=acc, device=device)
+
+        def piece_args(r0: int, r1: int) -> tuple:
+            return (*(adapter.step_array(xp, v, device=device) for v in _block_draws(design, key, r0, r1, k, np_acc)),
+                    coef)
+    else:
+        # Per set, its column groups (of equal widths) and their weights (2, groups, width, 1).
+        groups = _column_spans(design, _column_sets(design), widths, reach_back=True)
+        layout = [(passes, tuple(grp[:2] for grp in mine),
+                   tuple(adapter.step_array(xp, w, dtype=acc, device=device) for w in weights))
+                  for passes, mine, weights in _by_set(groups)]
+        step = adapter.fuse(_program(_rows_program, map_rows=loop))
+        layout_key = tuple((passes, spans) for passes, spans, _ in layout)
+
+        def piece_args(r0: int, r1: int) -> tuple:
+            draws = _slot_draws(design, key, r0, r1, k, layout_key, np_acc)
+            return (tuple(tuple(adapter.step_array(xp, v, device=device) for v in host) + weights
+                          for host, (_, _, weights) in zip(draws, layout)),)
+
     ests, variances = [], []
     for x_rows, r0, r1 in zip(pieces, cuts[:-1], cuts[1:]):
-        m = r1 - r0
-        draws = _slot_draws(design, key, r0, r1, k, layout_key, np.float64 if xp.finfo(acc).bits == 64 else np.float32)
-        args = tuple(tuple(adapter.step_array(xp, v, device=device) for v in host) + weights
-                     for host, (_, _, weights) in zip(draws, layout))
-        cot = cot_rows if m == n else cot_rows[r0:r1, ...]
+        args = piece_args(r0, r1)
+        cot = cot_rows if r1 - r0 == n else cot_rows[r0:r1, ...]
         if ests:  # the piece before runs while the host draws this one; one piece at a time
             adapter.wait((ests[-1], variances[-1]))
-        est, var = step(xp, x_rows, background, cot, args)
+        est, var = step(xp, x_rows, background, cot, *args)
         ests.append(est)
         variances.append(var)
         if bar is not None:  # the caller's rows only
@@ -1100,6 +1181,22 @@ def _slot_draws(design: _sampling.Design, key: int, r0: int, r1: int, k: int, la
     return _kept_draws(design, key, r0, r1, make, "slots", k, layout, np.dtype(dtype).str)
 
 
+def _block_draws(design: _sampling.Design, key: int, r0: int, r1: int, k: int, dtype) -> tuple:
+    """The host arrays of :func:`_blocks_program` for rows ``r0..r1-1``: each sample's
+    background row and alpha (in ``dtype``), ``(chunks, k, n_samples)``. Kept
+    (:func:`_kept_draws`), and read-only."""
+
+    def make(rows: np.ndarray) -> tuple:
+        index, alpha, _ = _sampling.draw(design, key, rows, 0, 0, design.n_samples)
+        size = -(-rows.size // k) * k  # (more than the rows only after an out-of-memory retry)
+        out = tuple(np.reshape(_pad_rows(v, size), (-1, k, design.n_samples)) for v in (index, alpha.astype(dtype)))
+        for v in out:
+            v.flags.writeable = False  # shared by the calls that find them
+        return out
+
+    return _kept_draws(design, key, r0, r1, make, "blocks", k, np.dtype(dtype).str)
+
+
 def _add_shares(totals, share):
     """Shares ``(estimates, variances)`` of disjoint columns added (``totals`` ``None`` at first)."""
     return share if totals is None else tuple([t + u for t, u in zip(tp, sp)] for tp, sp in zip(totals, share))
@@ -1157,15 +1254,11 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
     step = adapter.fuse(_chunk_uniform if reduce else _chunk)
     fused_weighted = adapter.fuse(_chunk) if reduce and adapter.pads else step
     chan = adapter.fuse(_chan)
-    # One chunk per row group holding a whole block of a stratified design with two or more
-    # samples in every column (200 samples on 100 background rows, or iid): the chunk step
-    # returns the estimate and its variance, with no statistics kept between chunks.
+    # One chunk per row group holding a whole block: the chunk step returns the estimate
+    # and its variance, with no statistics kept between chunks.
     final = None
-    if reduce and rtol is None and ranges == [(0, n0)] and n0 % g == 0 and design.kind != "replicates" \
-            and np.all(design.counts >= 2):
-        a, b, _ = design.column_constants(1)
-        w_col = np.sum(np.reshape(design.weights(0, n0), (n0 // g, g)), axis=0)
-        final = adapter.step_array(xp, np.reshape(a / (b * w_col) / g**2, (1, g, 1)), dtype=acc, device=device)
+    if _whole_block(design, rtol, batch_size, adapter.pads):
+        final = adapter.step_array(xp, _block_coef(design), dtype=acc, device=device)
     # Adaptive rounds finish rows out of order: no host buffer there.
     host = _host_buffers(xp, adapter, device, acc, feat, n, k_rows) if rtol is None else None
 
@@ -1425,7 +1518,7 @@ def run(
         adapter, target = _composed(adapter, target), None
     # An adapter that compiles whole programs runs the column step's calls as three (see
     # _attribute_program), on its own arrays.
-    loop = adapter.row_loop(x) if xp is adapter.xp and _uses_columns(design, stdevs, rtol, batch_size) else None
+    loop = adapter.row_loop(x) if xp is adapter.xp and _programs_run(design, stdevs, rtol, batch_size) else None
     program = loop is not None
     # Where a new row count compiles or traces anew, the rows are padded to a few counts
     # (see _padded_rows); the results are cut back to the caller's rows.
@@ -1516,6 +1609,8 @@ def run(
                         )
                         if bar is not None:
                             bar.reset()
+                        # (Rows padded for the programs are dropped after any path.)
+                        program = program and _programs_run(design, stdevs, rtol, batch_size)
                 # The results: one program where the shares came from programs or where eager
                 # ops compile at each new shape, else eager ops.
                 if program:
