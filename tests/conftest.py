@@ -40,28 +40,33 @@ def rng():
     return np.random.default_rng(20261121)
 
 
-def assert_one_trace_per_chunk_shape(explainer, x, traces, *, programs: bool = False) -> None:
+def assert_one_trace_per_chunk_shape(explainer, x, traces, *, framework: str) -> None:
     """``traces()``: how often the model has been traced so far (0 before the first call).
 
-    7 rows x 10 samples at batch_size 24 run as chunks of 2 rows x 10 samples (the 4th
-    with one row, padded): one forward trace (x and the background together, 15 rows, pad
-    to 16) and one trace of the fused chunk step (interpolation, VJP and statistics in one
-    compiled program); a repeat call traces nothing. 20 samples over the 8 background rows
-    take the column step: 4 columns of 3 samples and 4 of 2 (chunks of 2 rows x 3 passes x
-    4 columns and 2 rows x 2 x 4; the 7th row's two chunks are "slots" of the same shapes),
-    two new shapes, traced once each. With ``programs`` (an adapter whose ``row_loop``
-    runs the column step as whole programs: JAX), that call traces six times: the check
-    for primitives slow in loops, the outputs' program, and the rows' programs of two
-    piece sizes, each with one loop body per chunk shape: the first row group's 2 rows,
-    then 4 rows, then the last row padded to 2 with a copy (:func:`_engine._program_rows`),
-    which runs the first piece's programs.
+    7 rows x 10 samples at batch_size 24: 10 samples over 8 background rows give no
+    column two samples, so the general path, with chunks of 2 samples (part of a pass) for
+    12 rows; the 7 rows pad to 8 (:func:`_engine._few_rows`): chunks of 16 points. One
+    forward trace (x and the background together, 15 rows, padded to 16) and one of the
+    chunk step; a repeat call traces nothing. 20 samples over the 8 background rows take
+    the column step: 4 columns of 3 samples and 4 of 2, chunks of 2 rows x 3 passes x 4
+    columns (24 points) and 2 rows x 2 x 4 (16 points).
+
+    - ``"jax"``: the column step runs as whole programs (:meth:`Adapter.row_loop`), and
+      the call traces six times: the check for primitives slow in loops, the outputs'
+      program, and the rows' programs of two piece sizes, each with one loop body per
+      chunk shape: the first row group's 2 rows, then 4 rows, then the last row padded
+      to 2 with a copy (:func:`_engine._program_rows`), which runs the first piece's
+      programs. 8 in all.
+    - ``"tensorflow"``: programs too, but the model inside the steps is a function of its
+      own, traced once per shape of points across all steps and programs: of the two
+      chunk shapes only the 24 points are new (the first call's chunks held 16). 3 in all.
     """
     explainer(x, n_samples=10, seed=0)
     assert traces() == 2
     explainer(x, n_samples=10, seed=1)
     assert traces() == 2
     explainer(x, n_samples=20, seed=0)
-    columns = 8 if programs else 4
+    columns = {"jax": 8, "tensorflow": 3}[framework]
     assert traces() == columns
     explainer(x, n_samples=20, seed=1)
     assert traces() == columns

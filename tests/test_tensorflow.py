@@ -121,7 +121,7 @@ def test_traces_once_per_shape_not_per_chunk(linear):
     model = Linear(w)
     x = tf.constant(np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32))
     explainer = gradshap.GradientExplainer(model, tf.constant(bg), batch_size=24)
-    assert_one_trace_per_chunk_shape(explainer, x, lambda: model.calls)
+    assert_one_trace_per_chunk_shape(explainer, x, lambda: model.calls, framework="tensorflow")
 
 
 def test_a_few_rows_run_the_chunks_of_the_count_they_pad_to(linear, rng, capsys):
@@ -226,9 +226,13 @@ def test_keras_model_through_the_tensorflow_entry_point(linear):
     np.testing.assert_allclose(exp.values.numpy(), w * (x - bg.mean(0)), rtol=0, atol=ATOL)
 
 
-def _compiled_steps(adapter) -> set:
-    """``jit_compile`` of every chunk step the adapter has traced."""
-    return {xla for (_, xla), fn in adapter._fused.items() if fn.experimental_get_tracing_count()}
+def _compiled_steps(adapter, light: bool = False) -> set:
+    """``jit_compile`` of every step with the model's VJP the adapter has traced (with
+    ``light``: of every light step, which never compiles with XLA)."""
+    from gradshap.backends import is_light
+
+    return {xla for (step, xla, _), fn in adapter._fused.items()
+            if fn.experimental_get_tracing_count() and is_light(step) == light}
 
 
 class Tanh(tf.Module):
@@ -263,6 +267,7 @@ def test_xla_compiles_the_step_of_a_model_without_convolutions(rng):
     explainer = gradshap.GradientExplainer(Tanh(w1, w2), tf.constant(bg))
     exp = explainer(tf.constant(x), n_samples=32, seed=2)
     assert explainer.adapter._xla is True and _compiled_steps(explainer.adapter) == {True}
+    assert _compiled_steps(explainer.adapter, light=True) == {False}  # the outputs' and results' programs
     # The same numbers as the plain graph's (float32 rounding apart), and the same as NumPy's.
     plain = gradshap.GradientExplainer(Tanh(w1, w2), tf.constant(bg))
     plain.adapter._xla = False  # decided: no XLA
@@ -302,3 +307,59 @@ def test_a_step_xla_cannot_compile_falls_back_to_the_plain_graph(linear):
     # XLA's trace failed to compile; the plain graph ran the step.
     assert explainer.adapter._xla is False and _compiled_steps(explainer.adapter) == {False, True}
     np.testing.assert_allclose(exp.values.numpy(), 2 * w * (x - bg.mean(0)), rtol=0, atol=4 * ATOL)
+
+
+class _TanhMLP(tf.Module):
+    """The tanh MLP of tests/models.py in float64, three outputs."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.layers = [(tf.Variable(w), tf.Variable(b)) for w, b in weights]
+
+    def __call__(self, x):
+        h = x
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            h = tf.tanh(h) if i < len(self.layers) - 1 else h
+        return h
+
+
+@pytest.mark.parametrize(("n_background", "batch_size", "path"), [(7, 12, "_rows_program"), (40, 60, "_blocks_program")])
+def test_dense_models_run_as_programs_under_xla(rng, caplog, n_background, batch_size, path):
+    """Where XLA compiles the step (a CPU, no convolution), a call is a few programs, each
+    piece of rows looping over its chunks inside (:func:`_engine._attribute_program`): the
+    column step (30 samples over 7 background rows) and whole blocks (30 samples over 40,
+    one column). 23 rows are several pieces. Every kind of target gives the NumPy
+    reference's numbers, and calls at six row counts trace each program once, with no
+    warning from TensorFlow of retracing."""
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("XLA is chosen on CPU-only machines")
+    from models import mlp_weights, numpy_mlp
+
+    from gradshap import _engine
+
+    weights = mlp_weights(rng)
+    bg, x = rng.normal(size=(n_background, 6)), rng.normal(size=(23, 6))
+    explainer = gradshap.GradientExplainer(_TanhMLP(weights), tf.constant(bg), batch_size=batch_size)
+    reference = gradshap.GradientExplainer(numpy_mlp(weights), bg, framework="numpy")
+    ran = []
+    original = getattr(_engine, path)
+    try:
+        setattr(_engine, path, lambda *a, **k: ran.append(1) or original(*a, **k))
+        per_row = rng.integers(0, 3, size=23)
+        for target in (2, [0, 2], "predicted", per_row, tf.constant(per_row)):
+            exp = explainer(tf.constant(x), target=target, n_samples=30, seed=5)
+            ref = reference(x, target=per_row if isinstance(target, tf.Tensor) else target, n_samples=30, seed=5)
+            for name in ("values", "stderr", "base_values", "output", "delta"):
+                np.testing.assert_allclose(np.asarray(getattr(exp, name)), getattr(ref, name), rtol=1e-9, atol=1e-12,
+                                           err_msg=f"{name} for target {target!r}")
+        assert ran
+        with caplog.at_level("WARNING"):
+            for rows in (1, 3, 5, 9, 17, 22):
+                exp = explainer(tf.constant(x[:rows]), target=1, n_samples=30, seed=5)
+                np.testing.assert_allclose(exp.values.numpy(), reference(x[:rows], target=1, n_samples=30, seed=5).values,
+                                           rtol=1e-9, atol=1e-12)
+    finally:
+        setattr(_engine, path, original)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    assert all(fn.experimental_get_tracing_count() == 1 for fn in explainer.adapter._fused.values())

@@ -47,7 +47,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gradshap import _sampling, _targets, _validation
-from gradshap.backends import Adapter
+from gradshap.backends import Adapter, light
 
 __all__ = ["Result", "default_batch_size", "expected_gradients", "run"]
 
@@ -433,6 +433,7 @@ def _chunk_columns(xp, value_and_grad, x_rows, background, cot, baseline, alpha,
 _chunk_uniform = functools.partial(_chunk, uniform=True)
 
 
+@light
 def _chan(xp, value_and_grad, mean, m2, means, m2s, share, cross):
     """Chan's formula per column: running ``(mean, m2)`` merged with a block's
     ``(means, m2s)`` (``m2s`` ``None`` for one sample per column), per input ``(k, columns,
@@ -843,6 +844,7 @@ def _program(fn: Callable, **static) -> Callable:
     return functools.partial(fn, **static)
 
 
+@light
 def _outputs_program(xp, value_and_grad, x, background, *, paired: bool, probe: bool, cuts: tuple):
     """The model's outputs at ``x`` and at the background, from one forward pass over both.
 
@@ -1042,6 +1044,7 @@ def _blocks_program(xp, value_and_grad, x_rows, background, cot, index, alpha, c
     return tuple([xp.reshape(v, (chunks * k, v.shape[-1]))[:m, ...] for v in part] for part in (est, var))
 
 
+@light
 def _finish_program(xp, value_and_grad, x, out_x, ref_b, cot, ests, variances, probe):
     """A target's results from the pieces' shares (each per input ``(m, F)``, in row order):
     values and standard errors per input ``(n, *features)``, base values, outputs
@@ -1516,35 +1519,40 @@ def run(
     rtol, max_blocks = _check_adaptive(rtol, max_samples, n_samples, design)
     if callable(target) and not isinstance(target, (str, type)):
         adapter, target = _composed(adapter, target), None
-    # An adapter that compiles whole programs runs the column step's calls as three (see
-    # _attribute_program), on its own arrays.
-    loop = adapter.row_loop(x) if xp is adapter.xp and _programs_run(design, stdevs, rtol, batch_size) else None
-    program = loop is not None
-    # Where a new row count compiles or traces anew, the rows are padded to a few counts
-    # (see _padded_rows); the results are cut back to the caller's rows.
-    rows, x_in = n, x
-    n = _padded_rows(adapter, xp, design, stdevs, rtol, batch_size, rows, program)
-    x = _pad(adapter, xp, x, n)
-    # Where x and the background fit one forward chunk, they go through the model together
-    # (one call, one reduction to check finiteness); larger x is not copied. Only a failed
-    # check looks for the rows (a sum of finite numbers may also overflow).
-    fits = n + nb <= batch_size
-    joined = tuple(xp.concat([a, b], axis=0) for a, b in zip(x, background)) if fits and not program else None
-    # The inputs' finiteness. Reading a check waits for the device, so a compiling adapter
-    # (whose programs the host queues) without adaptive rounds (which read values between
-    # rounds) queues the inputs' sums now and reads them with the first target's check of
-    # its values: one wait where there were two (JAX MLP 10.06 -> 9.66 ms, TF 9.63 -> 9.09,
-    # A/B in one process). The clear error for a NaN or inf input then comes after the
-    # model has run on it. Eager frameworks gain nothing, and NumPy would warn of inf - inf.
-    checked = joined or x + background
-    probe = adapter.pads and rtol is None and not any(_validation.is_lazy(a) for a in checked)
-    input_probe = None
-    if probe and not (program and fits):  # else the outputs' program sums them
-        input_probe = _input_sum(xp, checked)
-    elif not probe and not all(_validation.all_finite(xp, a) for a in checked):
-        _validation.check_arrays(xp, x_in, background)
     key = _sampling.seed_key(seed)
+    # The session (the model's mode and state, restored after) covers deciding the path too,
+    # which may trace the model.
     with _global_rng_guard(), adapter.session():
+        # An adapter that compiles whole programs runs the column step's calls, and the
+        # general path's of whole blocks, as a few programs (see _attribute_program), on its
+        # own arrays.
+        loop = None
+        if xp is adapter.xp and _programs_run(design, stdevs, rtol, batch_size):
+            loop = adapter.row_loop(x)
+        program = loop is not None
+        # Where a new row count compiles or traces anew, the rows are padded to a few counts
+        # (see _padded_rows); the results are cut back to the caller's rows.
+        rows, x_in = n, x
+        n = _padded_rows(adapter, xp, design, stdevs, rtol, batch_size, rows, program)
+        x = _pad(adapter, xp, x, n)
+        # Where x and the background fit one forward chunk, they go through the model together
+        # (one call, one reduction to check finiteness); larger x is not copied. Only a failed
+        # check looks for the rows (a sum of finite numbers may also overflow).
+        fits = n + nb <= batch_size
+        joined = tuple(xp.concat([a, b], axis=0) for a, b in zip(x, background)) if fits and not program else None
+        # The inputs' finiteness. Reading a check waits for the device, so a compiling adapter
+        # (whose programs the host queues) without adaptive rounds (which read values between
+        # rounds) queues the inputs' sums now and reads them with the first target's check of
+        # its values: one wait where there were two (JAX MLP 10.06 -> 9.66 ms, TF 9.63 -> 9.09,
+        # A/B in one process). The clear error for a NaN or inf input then comes after the
+        # model has run on it. Eager frameworks gain nothing, and NumPy would warn of inf - inf.
+        checked = joined or x + background
+        probe = adapter.pads and rtol is None and not any(_validation.is_lazy(a) for a in checked)
+        input_probe = None
+        if probe and not (program and fits):  # else the outputs' program sums them
+            input_probe = _input_sum(xp, checked)
+        elif not probe and not all(_validation.all_finite(xp, a) for a in checked):
+            _validation.check_arrays(xp, x_in, background)
         outputs = None
         if program and fits:
             try:

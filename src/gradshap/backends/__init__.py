@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Adapter", "FRAMEWORKS", "detect", "make", "require"]
+__all__ = ["Adapter", "FRAMEWORKS", "detect", "is_light", "light", "make", "require"]
 
 #: Frameworks in the order they are tried. Keras comes first because a Keras model on
 #: the torch backend is also a torch.nn.Module, and on TensorFlow a tf.Module.
@@ -35,6 +35,19 @@ def require(module: str, extra: str | None = None):
         extra = extra or _EXTRAS.get(module.split(".")[0], module)
         msg = f"this needs `{module}`, which is not installed: pip install gradshap[{extra}]"
         raise ImportError(msg) from err
+
+
+def light(step: Callable) -> Callable:
+    """Marks an engine step for :meth:`Adapter.fuse` as light: a few array ops and at most
+    the model's forward pass, no VJP. An adapter may build such a step more cheaply
+    (TensorFlow: a plain graph, not XLA)."""
+    step.light = True
+    return step
+
+
+def is_light(step: Callable) -> bool:
+    """Whether ``step`` (or the function of a ``functools.partial``) is marked :func:`light`."""
+    return getattr(getattr(step, "func", step), "light", False)
 
 
 class Adapter:

@@ -12,8 +12,15 @@ this backend): XLA fuses the engine's elementwise work into the VJP's loops, and
 benchmark MLP (``benchmarks/``) the step ran 1.7x faster per chunk. XLA's CPU
 convolutions are slower than TensorFlow's oneDNN kernels (the small CNN's step ran 3.4x
 slower), so a model with such an op keeps the plain graph. The choice is made from the
-ops of the model's forward graph, already traced for the call's forward pass (no extra
-trace); a step XLA cannot compile falls back to the plain graph for good.
+ops of the model's forward graph (traced once); a step XLA cannot compile falls back to
+the plain graph for good. Where XLA compiles the step, a call runs as a few programs, as on
+JAX (:meth:`TensorFlowAdapter.row_loop`): the outputs, each piece of rows looping over its
+chunks inside (``tf.map_fn``), and the results; the benchmark MLP's call ran 13.8 -> 10.1
+ms, its floor 8.4 ms.
+
+The engine's steps are traced without AutoGraph (they have no Python control flow on
+tensors); the model inside them is a ``tf.function`` of its own, traced with AutoGraph once
+per shape of points, whichever step or program calls it.
 
 TensorFlow's global generator (``tf.random.get_global_generator()``) is left as found,
 also when the model draws from it or the call fails. Nothing here runs an eager random
@@ -35,7 +42,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gradshap.backends import Adapter, require
+from gradshap.backends import Adapter, is_light, require
 
 
 def recognizes(model: Any, arrays: tuple) -> bool:
@@ -207,24 +214,34 @@ class TensorFlowAdapter(Adapter):
             out = self._call_model(points)
             return out if output_fn is None else output_fn(out)
 
-        def value_and_grad(points, cotangent):
-            with tf.GradientTape() as tape:
-                tape.watch(points)
-                out = single_output(forward(points))
-            grads = tape.gradient(
-                out, points, output_gradients=tf.reshape(tf.cast(cotangent, out.dtype), tf.shape(out)),
-                # An input the model ignores has no path to the output: its gradient is zero.
-                unconnected_gradients=tf.UnconnectedGradients.ZERO,
-            )
-            return out, tuple(grads)
+        def value_and_grad_of(forward: Callable) -> Callable:
+            def value_and_grad(points, cotangent):
+                if cotangent is None:  # the outputs alone (the engine's programs)
+                    return single_output(forward(points)), None
+                with tf.GradientTape() as tape:
+                    tape.watch(points)
+                    out = single_output(forward(points))
+                grads = tape.gradient(
+                    out, points, output_gradients=tf.reshape(tf.cast(cotangent, out.dtype), tf.shape(out)),
+                    # An input the model ignores has no path to the output: its gradient is zero.
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                )
+                return out, tuple(grads)
+
+            return value_and_grad
 
         # reduce_retracing: a later call with another chunk shape traces a shape-generic
         # function instead of one more per shape.
         self._forward = tf.function(forward, reduce_retracing=True)
-        self._value_and_grad = tf.function(value_and_grad, reduce_retracing=True)
-        self._raw_value_and_grad = value_and_grad
-        self._fused: dict = {}  # (step, jit_compile) -> tf.function
+        self._value_and_grad = tf.function(value_and_grad_of(forward), reduce_retracing=True)
+        # The fused steps are traced without AutoGraph (see fuse); the model inside them is
+        # a function of its own, traced with it, so that its Python control flow on tensors
+        # still becomes graph ops.
+        self._raw_value_and_grad = value_and_grad_of(tf.function(forward))
+        self._fused: dict = {}  # (step, jit_compile, signature) -> tf.function
         self._xla: bool | None = None  # decided at the first forward pass (see the module doc)
+        # One object for the adapter's life: the engine keeps its programs by it.
+        self._map_rows = functools.partial(map_rows, tf)
 
     def forward(self, points: tuple):
         points = tuple(points)
@@ -258,30 +275,50 @@ class TensorFlowAdapter(Adapter):
         # shape-generic trace would hand it None), and the engine keeps one chunk shape per
         # call, so this traces once per chunk shape. The model runs inside, as in
         # value_and_grad: its random ops take graph-level seeds, and nothing leaves the device.
+        # Not AutoGraph either: the engine's steps are array code without control flow on
+        # tensors, and converting them took most of a first call (the MLP of benchmarks/:
+        # 703 -> 493 ms, one step per chunk).
+        # One tf.function per argument signature too, so that each traces once: TensorFlow
+        # warns of "retracing" where one function traces five of its last ten calls (five
+        # row counts).
         eager = super().fuse(step)
 
-        def traced(xla: bool):
-            fn = self._fused.get((step, xla))
+        def traced(xla: bool, arrays: tuple):
+            key = (step, xla, _signature(arrays))
+            fn = self._fused.pop(key, None)
             if fn is None:
                 xp, raw = self.xp, self._raw_value_and_grad
-                fn = self._fused[step, xla] = self._tf.function(lambda *arrays: step(xp, raw, *arrays),
-                                                                jit_compile=xla)
+                # A partial, not a lambda: TensorFlow counts traces per function code, and
+                # one lambda's would count every step's.
+                fn = self._tf.function(functools.partial(step, xp, raw), jit_compile=xla, autograph=False)
+            self._fused[key] = fn  # the most recently used last
+            while len(self._fused) > _FUSED_KEPT:  # shapes not seen for long
+                self._fused.pop(next(iter(self._fused)))
             return fn
 
         def run(xp, *arrays):
             if xp is not self.xp:
                 return eager(xp, *arrays)
-            if not self._xla:
-                return traced(False)(*arrays)
+            # A light step (no VJP) runs as fast as a plain graph, which is cheaper to build.
+            if not self._xla or is_light(step):
+                return traced(False, arrays)(*arrays)
             try:
-                return traced(True)(*arrays)
+                return traced(True, arrays)(*arrays)
             except (self._tf.errors.InvalidArgumentError, self._tf.errors.UnimplementedError):
                 # An op XLA cannot compile (raised at a shape's first call). An error of the
                 # model's own is raised again by the plain graph.
                 self._xla = False
-                return traced(False)(*arrays)
+                return traced(False, arrays)(*arrays)
 
         return run
+
+    def row_loop(self, points: tuple) -> Callable | None:
+        # Where the step compiles with XLA (see the module doc), a loop over chunks inside
+        # one compiled program; elsewhere (a GPU, convolutions) one step per chunk.
+        if self._xla is None:
+            points = tuple(points)
+            self._xla = _xla_pays(self._tf, points, self._forward.get_concrete_function(points).graph)
+        return self._map_rows if self._xla else None
 
     def compose(self, fn: Callable) -> "TensorFlowAdapter":
         adapter = TensorFlowAdapter(self.model, fn, self._call_model)
@@ -290,6 +327,33 @@ class TensorFlowAdapter(Adapter):
 
     def session(self):
         return global_generator_guard()
+
+
+# Fused steps kept per adapter, by step, compilation and argument signature.
+_FUSED_KEPT = 64
+
+
+def _signature(arrays):
+    """The nesting, shapes and dtypes of the arguments of a fused step (a hashable key)."""
+    if isinstance(arrays, (tuple, list)):
+        return tuple(_signature(a) for a in arrays)
+    shape = getattr(arrays, "shape", None)
+    return arrays if shape is None else (tuple(shape), arrays.dtype)  # (None, or a constant)
+
+
+def map_rows(tf, fn: Callable, arrays):
+    """``fn`` over the leading axis of ``arrays`` inside a ``tf.function``, one chunk after
+    the other (``parallel_iterations=1``: memory stays one chunk's), the results stacked.
+
+    ``tf.map_fn`` needs the results' structure, shapes and dtypes up front: they are read
+    from ``fn`` traced apart, on specs of one chunk. (Called on the first chunk inside this
+    graph instead, a plain graph would run that call's stateful ops: the model's random
+    draws and host callbacks.)
+    """
+    specs = tf.nest.map_structure(lambda a: tf.TensorSpec(a.shape[1:], a.dtype), arrays)
+    out = tf.function(fn, autograph=False).get_concrete_function(specs).structured_outputs
+    signature = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), out)
+    return tf.map_fn(fn, arrays, fn_output_signature=signature, parallel_iterations=1)
 
 
 # Op types whose XLA CPU kernels are slower than TensorFlow's own (oneDNN) ones.
