@@ -18,6 +18,10 @@ Rows of a group (each made by a small function below, registered in ``ROWS``):
   the rounds; the floor is the one with the lower median there;
 - ``gradshap``: ``GradientExplainer(model, background)(x, n_samples=S, seed=0)`` with
   default settings;
+- ``gradshap-bigbg`` (the MLP): the same call against 1,000 background rows, where the
+  ``auto`` design is one column of samples with a background row each, not the columns of
+  one background row each that 100 rows give: another path of the engine, over as many
+  points, so the same floor;
 - ``captum``: captum's ``GradientShap`` at the same number of samples (torch);
 - ``shap``: shap's ``GradientExplainer`` at the same number of samples (torch, TF).
 
@@ -449,6 +453,18 @@ def row_gradshap(group: Group, model, case: Case, opts: dict):
     return run, {"batch_size": _batch_size(explainer, case, x), "first_s": first, "new_count_s": new_count}
 
 
+def row_gradshap_bigbg(group: Group, model, case: Case, opts: dict):
+    import gradshap
+
+    n_background = case.wl.large_background
+    explainer = gradshap.GradientExplainer(model, group.array(case.wl.background(n_background)),
+                                           framework=group.gradshap_framework)
+    x = group.array(case.x)
+    run = _gradshap_runner(group, explainer, x, case, case.n_samples, fresh_seeds=opts.get("fresh_seeds", False))
+    first = _timed(run)[0]
+    return run, {"batch_size": _batch_size(explainer, case, x), "first_s": first, "background_rows": n_background}
+
+
 def _gradshap_runner(group, explainer, x, case, n_samples, *, fresh_seeds: bool = False):
     """One call of ``explainer`` at seed 0; with ``fresh_seeds``, at seeds 1, 2, ... (the
     memory rows: a seeded call finds the draws of the call before kept, and a reading
@@ -554,16 +570,17 @@ def row_shap(group: Group, model, case: Case, opts: dict):
 
 
 #: Row name -> row function. A new row is one function and one entry here.
-ROWS: dict[str, Callable] = {"floor": row_floor, "gradshap": row_gradshap, "captum": row_captum, "shap": row_shap}
+ROWS: dict[str, Callable] = {"floor": row_floor, "gradshap": row_gradshap, "gradshap-bigbg": row_gradshap_bigbg,
+                             "captum": row_captum, "shap": row_shap}
 
 #: Rows each group runs.
 GROUP_ROWS = {
-    "torch": ("floor", "gradshap", "captum", "shap"),
-    "jax": ("floor", "gradshap"),
-    "tensorflow": ("floor", "gradshap", "shap"),
-    "keras-tensorflow": ("floor", "gradshap"),
-    "keras-jax": ("floor", "gradshap"),
-    "keras-torch": ("floor", "gradshap"),
+    "torch": ("floor", "gradshap", "gradshap-bigbg", "captum", "shap"),
+    "jax": ("floor", "gradshap", "gradshap-bigbg"),
+    "tensorflow": ("floor", "gradshap", "gradshap-bigbg", "shap"),
+    "keras-tensorflow": ("floor", "gradshap", "gradshap-bigbg"),
+    "keras-jax": ("floor", "gradshap", "gradshap-bigbg"),
+    "keras-torch": ("floor", "gradshap", "gradshap-bigbg"),
 }
 
 
@@ -610,8 +627,9 @@ def worker_time(spec: dict) -> dict:
             case.keras_model = wl.build("keras")
         opts = {"quick": spec["quick"], "sweep_repeats": 1 if spec["quick"] else 3}
         runners, info, alternates = {}, {}, {}
+        row_names = [r for r in spec["rows"] if r != "gradshap-bigbg" or wl.large_background]
         # gradshap first: a Keras group whose adapter is missing has nothing to compare.
-        order = sorted(spec["rows"], key=lambda r: r != "gradshap")
+        order = sorted(row_names, key=lambda r: r != "gradshap")
         for rname in order:
             if group.name.startswith("keras-") and "skipped" in info.get("gradshap", {}):
                 info[rname] = {"skipped": "no gradshap row to compare with (see the gradshap row)"}
@@ -637,8 +655,8 @@ def worker_time(spec: dict) -> dict:
                 info[rname] = {"skipped": str(err)}
             except Exception as err:  # noqa: BLE001 - a failing row must not hide the others
                 info[rname] = {"skipped": f"failed: {type(err).__name__}: {err}"}
-        info = {r: info[r] for r in spec["rows"]}
-        runners = {r: runners[r] for r in spec["rows"] if r in runners}
+        info = {r: info[r] for r in row_names}
+        runners = {r: runners[r] for r in row_names if r in runners}
         gc.collect()
 
         def one_round(names: list, label: str) -> None:
@@ -762,6 +780,8 @@ def worker_memory(spec: dict, group: Group | None = None) -> dict:
     opts = {"quick": True, "sweep_repeats": 1, "fresh_seeds": True, "new_count": False}  # (timed in the time rows)
     out = {"group": group.name, "workload": wl.name, "rows": {}}
     for rname in spec["rows"]:
+        if rname == "gradshap-bigbg":  # timed only
+            continue
         _emit_progress(f"memory {group.name} {wl.name}: {rname}")
         try:
             if rname == "floor":
@@ -1037,7 +1057,7 @@ def build_report(timing, memory, errors, names, tmp: Path, **meta) -> dict:
                     rows.append(row)
                     continue
                 row.update({k: d[k] for k in ("median_s", "min_s", "warmup_extra_s", "times") if k in d})
-                for k in ("best", "sweep", "runner_up", "batch_size", "new_count_s"):
+                for k in ("best", "sweep", "runner_up", "batch_size", "new_count_s", "background_rows"):
                     if k in d:
                         row[k] = d[k]
                 if g in floors:
@@ -1134,6 +1154,8 @@ def render_markdown(report: dict) -> str:
             notes.append(f"best chunk {r['best']}")
         if "runner_up" in r:
             notes.append(f"runner-up {r['runner_up']['best']}: {_fmt_s(r['runner_up']['median_s'])}")
+        if "background_rows" in r:
+            notes.append(f"{r['background_rows']:,} background rows")
         if "batch_size" in r:
             notes.append(f"batch_size {r['batch_size']}")
         if r.get("new_count_s") is not None:

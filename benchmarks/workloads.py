@@ -41,6 +41,7 @@ class Workload:
     weights: Callable[[], dict]  # name -> float32 array (torch layout)
     gpu_only: bool = False
     builders: dict = field(default_factory=dict)  # framework -> (weights -> model)
+    large_background: int = 0  # background rows of the bench's ``gradshap-bigbg`` row (0: no such row)
 
     def data(self, n_rows: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
         """(x, background) as float32 NumPy arrays, fixed by ``seed``."""
@@ -48,6 +49,10 @@ class Workload:
         x = rng.standard_normal((n_rows, *self.input_shape)).astype(np.float32)
         bg = rng.standard_normal((self.n_background, *self.input_shape)).astype(np.float32)
         return x, bg
+
+    def background(self, n_rows: int, seed: int = 8) -> np.ndarray:
+        """``n_rows`` background rows drawn as :meth:`data` draws them, fixed by ``seed``."""
+        return np.random.default_rng(seed).standard_normal((n_rows, *self.input_shape)).astype(np.float32)
 
     def build(self, framework: str):
         return self.builders[framework](self.weights())
@@ -396,6 +401,7 @@ WORKLOADS = {
     "mlp": Workload(
         "mlp", "tabular MLP 30-64-64-1", (30,), 1, None, n_rows=200, n_background=100, quick_rows=8,
         weights=mlp_weights, builders={"torch": mlp_torch, "jax": mlp_jax, "keras": mlp_keras},
+        large_background=1000,
     ),
     "cnn": Workload(
         "cnn", "small CNN 1x28x28, 10 classes", (1, 28, 28), 10, 3, n_rows=32, n_background=64, quick_rows=2,

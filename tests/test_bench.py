@@ -63,6 +63,13 @@ def test_quick_bench_rows_ran_and_agree(quick_report):
     # Each gradshap row also timed a first call at one row fewer (recompiles show there).
     for key in [("torch", "gradshap"), ("jax", "gradshap")]:
         assert rows[key]["new_count_s"] > 0
+    # The large-background row: timed against the same floor, over as many points, with no
+    # memory row.
+    for group in ("torch", "jax"):
+        row = rows[(group, "gradshap-bigbg")]
+        assert row["background_rows"] == 1000 and row["n_points"] == row["n_rows"] * 16
+        assert row["x_floor"] == pytest.approx(row["median_s"] / rows[(group, "floor")]["median_s"])
+        assert "memory" not in row
 
 
 def test_floor_is_the_faster_of_the_sweeps_two_best_in_the_timed_rounds():
