@@ -23,12 +23,12 @@ half-precision inputs. The per-column statistics of ``k`` rows take
 rows' worth of features.
 
 Where the adapter compiles whole programs and runs loops inside them at full speed
-(:meth:`Adapter.row_loop`: JAX, but for convolutions on CPU), the column path, and the
-general path where each chunk holds whole blocks of samples for its rows (large
-backgrounds, iid), are a few programs per call instead of a step per chunk: the outputs,
-each piece of rows with its chunks looped over inside, and the results
-(:func:`_attribute_program`); their rows are padded to a few counts, so that other row
-counts find them compiled (:func:`_program_rows`).
+(:meth:`Adapter.row_loop`: JAX, but for convolutions on CPU; TensorFlow where XLA
+compiles the step), the column path, and the general path where each chunk holds whole
+blocks of samples for its rows (large backgrounds, iid), are a few programs per call
+instead of a step per chunk: the outputs, each piece of rows with its chunks looped over
+inside, and the results (:func:`_attribute_program`); their rows are padded to a few
+counts, so that other row counts find them compiled (:func:`_program_rows`).
 """
 
 from __future__ import annotations
@@ -1080,8 +1080,9 @@ def _finish_program(xp, value_and_grad, x, out_x, ref_b, cot, ests, variances, p
 
 def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, batch_size, bar, loop, pieces,
                        rows=None):
-    """:func:`_attribute_columns` (or, where :func:`_uses_blocks`, :func:`_attribute`) as programs: the shares of each piece of rows (:func:`_pieces`),
-    per input ``(m, F)`` (for :func:`_finish_program`). ``pieces``: ``x`` cut into them
+    """:func:`_attribute_columns` (or, where :func:`_uses_blocks`, :func:`_attribute`) as
+    programs: the shares of each piece of rows (:func:`_pieces`), per input ``(m, F)`` (for
+    :func:`_finish_program`). ``pieces``: ``x`` cut into them
     already, as ``(cuts, pieces)`` (:func:`_cut`), or ``None`` to cut here. ``rows``: the
     caller's rows, where ``x`` holds padding after them (:func:`_program_rows`; the
     progress bar counts the caller's rows only).

@@ -84,14 +84,16 @@ class Adapter:
 
     def row_loop(self, points: tuple) -> Callable | None:
         """``None``, or where :meth:`fuse` compiles whole programs and a loop inside one runs
-        this model at full speed (JAX, but for convolutions on CPU): ``map_rows(fn,
-        arrays)``, ``fn`` applied inside the program to each slice along the leading axis of
-        ``arrays`` (a tuple of arrays and tuples of arrays), the results stacked.
+        this model at full speed (JAX, but for convolutions on CPU; TensorFlow where XLA
+        compiles the step): ``map_rows(fn, arrays)``, ``fn`` applied inside the program to
+        each slice along the leading axis of ``arrays`` (a tuple of arrays and tuples of
+        arrays), the results stacked. The engine keeps its programs by the object returned:
+        return the same one for the same model.
 
         With it the engine runs a call as a few programs that loop over their chunks
         inside, and hands :meth:`fuse` steps that call ``value_and_grad(points, None)`` for
         the outputs alone; without it, one compiled step per chunk. ``points``: the rows
-        to explain.
+        to explain. Called inside :meth:`session`.
         """
         return None
 
