@@ -317,7 +317,11 @@ class TensorFlowAdapter(Adapter):
         # one compiled program; elsewhere (a GPU, convolutions) one step per chunk.
         if self._xla is None:
             points = tuple(points)
-            self._xla = _xla_pays(self._tf, points, self._forward.get_concrete_function(points).graph)
+            try:
+                graph = self._forward.get_concrete_function(points).graph
+            except Exception:  # the model's own error: the per-chunk path raises it where it says more
+                return None
+            self._xla = _xla_pays(self._tf, points, graph)
         return self._map_rows if self._xla else None
 
     def compose(self, fn: Callable) -> "TensorFlowAdapter":
