@@ -238,7 +238,7 @@ class TensorFlowAdapter(Adapter):
         # a function of its own, traced with it, so that its Python control flow on tensors
         # still becomes graph ops.
         self._raw_value_and_grad = value_and_grad_of(tf.function(forward))
-        self._fused: dict = {}  # (step, jit_compile, signature) -> tf.function
+        self._fused: dict = {}  # (step, jit_compile, signature) -> its concrete function
         self._xla: bool | None = None  # decided at the first forward pass (see the module doc)
         # One object for the adapter's life: the engine keeps its programs by it.
         self._map_rows = functools.partial(map_rows, tf)
@@ -278,9 +278,10 @@ class TensorFlowAdapter(Adapter):
         # Not AutoGraph either: the engine's steps are array code without control flow on
         # tensors, and converting them took most of a first call (the MLP of benchmarks/:
         # 703 -> 493 ms, one step per chunk).
-        # One tf.function per argument signature too, so that each traces once: TensorFlow
-        # warns of "retracing" where one function traces five of its last ten calls (five
-        # row counts).
+        # One concrete function per argument signature, traced once: a tf.function traced
+        # for each row count warns of "retracing" after five in its last ten calls, and
+        # calling the concrete function skips the tf.function's dispatch (about 120 us a
+        # call with the engine's nested arguments).
         eager = super().fuse(step)
 
         def traced(xla: bool, arrays: tuple):
@@ -288,9 +289,8 @@ class TensorFlowAdapter(Adapter):
             fn = self._fused.pop(key, None)
             if fn is None:
                 xp, raw = self.xp, self._raw_value_and_grad
-                # A partial, not a lambda: TensorFlow counts traces per function code, and
-                # one lambda's would count every step's.
-                fn = self._tf.function(functools.partial(step, xp, raw), jit_compile=xla, autograph=False)
+                fn = self._tf.function(lambda *arrays: step(xp, raw, *arrays), jit_compile=xla,
+                                       autograph=False).get_concrete_function(*arrays)
             self._fused[key] = fn  # the most recently used last
             while len(self._fused) > _FUSED_KEPT:  # shapes not seen for long
                 self._fused.pop(next(iter(self._fused)))
