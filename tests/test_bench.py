@@ -86,21 +86,22 @@ def test_floor_is_the_faster_of_the_sweeps_two_best_in_the_timed_rounds():
 
 
 def test_short_floor_and_gradshap_rows_get_further_rounds(tmp_path):
-    """Where runs are short, the floor and gradshap rows run further rounds, the two
-    interleaved, until each has ``min_time_s`` of timed runs (at most MAX_EXTRA_ROUNDS);
-    the other rows keep their repeats. Without a minimum, nothing more runs."""
+    """Where runs are short, the floor and gradshap rows (and the large-background row) run
+    further rounds, interleaved, until each has ``min_time_s`` of timed runs (at most
+    MAX_EXTRA_ROUNDS); the other rows keep their repeats. Without a minimum, nothing more
+    runs."""
     import_or_fail("torch")
     import bench
 
     spec = {"group": "torch", "workloads": ["mlp"], "quick": True, "n_samples": 16, "repeats": 2,
-            "rows": ["floor", "gradshap", "captum"], "tmp": str(tmp_path), "memory_inline": False}
+            "rows": ["floor", "gradshap", "gradshap-bigbg", "captum"], "tmp": str(tmp_path), "memory_inline": False}
     rows = bench.worker_time({**spec, "min_time_s": 0.02})["workloads"]["mlp"]["rows"]
-    floor, ours = rows["floor"]["times"], rows["gradshap"]["times"]
-    assert len(floor) == len(ours) > 2 and len(rows["captum"]["times"]) == 2
-    assert len(ours) == 2 + bench.MAX_EXTRA_ROUNDS or min(sum(floor), sum(ours)) >= 0.02
-    assert min(sum(floor[:-1]), sum(ours[:-1])) < 0.02  # no round more than needed
+    floor, ours, big = rows["floor"]["times"], rows["gradshap"]["times"], rows["gradshap-bigbg"]["times"]
+    assert len(floor) == len(ours) == len(big) > 2 and len(rows["captum"]["times"]) == 2
+    assert len(ours) == 2 + bench.MAX_EXTRA_ROUNDS or min(sum(floor), sum(ours), sum(big)) >= 0.02
+    assert min(sum(floor[:-1]), sum(ours[:-1]), sum(big[:-1])) < 0.02  # no round more than needed
     rows = bench.worker_time({**spec, "min_time_s": 0.0})["workloads"]["mlp"]["rows"]
-    assert len(rows["floor"]["times"]) == len(rows["gradshap"]["times"]) == 2
+    assert len(rows["floor"]["times"]) == len(rows["gradshap"]["times"]) == len(rows["gradshap-bigbg"]["times"]) == 2
 
 
 def test_bench_rejects_unknown_workload(capsys):
