@@ -89,14 +89,18 @@ def test_kept_draws_never_stand_in_for_other_draws(rng, monkeypatch, pads):
     must draw its own: each result is the one made with nothing kept. Without padding, at
     batch_size 600, every call draws its rows at once (40 and 60 samples draw rows 0..6
     alike); with it (``pads``), at batch_size 60, 7 rows at 40 samples run as row groups
-    of 3 and then 1 row of slots, which draws apart."""
+    of 3 and then 1 row of slots, which draws apart. iid draws take the general path, whose
+    chunks hold 15 rows (1 with ``pads``) and whose draw groups hold all 7."""
     from gradshap import _engine
 
     weights = mlp_weights(rng)
     bg, x = rng.normal(size=(9, 6)), rng.normal(size=(7, 6))
     calls = [(slice(0, 7), 5, 40, 9, "auto"), (slice(2, 7), 5, 40, 9, "auto"), (slice(0, 5), 5, 40, 9, "auto"),
              (slice(0, 7), 6, 40, 9, "auto"), (slice(0, 7), 5, 60, 9, "auto"), (slice(0, 7), 5, 40, 9, "balanced"),
-             (slice(0, 7), 5, 40, 8, "auto"), (slice(0, 7), 5, 40, 9, "auto")]
+             (slice(0, 7), 5, 40, 8, "auto"), (slice(0, 7), 5, 40, 9, "auto"),
+             # iid draws run the general path, which keeps its draw groups too
+             (slice(0, 7), 5, 40, 9, "iid"), (slice(2, 7), 5, 40, 9, "iid"), (slice(0, 7), 6, 40, 9, "iid"),
+             (slice(0, 7), 5, 60, 9, "iid"), (slice(0, 7), 5, 40, 9, "iid")]
 
     def results():
         out = []
@@ -116,6 +120,7 @@ def test_kept_draws_never_stand_in_for_other_draws(rng, monkeypatch, pads):
     for (rows, *_), got, want in zip(calls, results(), fresh):
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
+    assert any("draw" in found for found in _engine._KEPT_DRAWS)  # the general path's draw groups
     # Kept: the most recent draws, up to the limit in bytes.
     sizes = [size for _, size in _engine._KEPT_DRAWS.values()]
     assert len(sizes) > 4 and sum(sizes) <= limit
