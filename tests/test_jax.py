@@ -271,9 +271,10 @@ def test_whole_block_programs_retry_out_of_memory_at_half_the_batch(rng, batch_s
     """After an out-of-memory error a call runs again at half the batch_size. 8 rows of 20
     samples over 40 background rows at batch_size 220 run one chunk of 8 rows; at 110,
     chunks of 5 rows, which do not divide the 8: the last piece, 3 rows, fills its chunk
-    with copies of its rows. At 140 one chunk of 7 rows, then one of 1 (8 rows pad to 14);
-    at 70, chunks of 7 rows x 10 samples, no longer whole blocks: the per-chunk path. The
-    numbers are the NumPy reference's."""
+    with copies of its rows. At 140, chunks of 7 rows (8 rows pad to 14); at 70, chunks of
+    7 rows x 10 samples, no longer whole blocks: the per-chunk path. The numbers are the
+    NumPy reference's, and no chunk after the first two traces (the check for slow
+    primitives, the outputs) holds more points than the halved batch_size."""
     jnp = import_or_fail("jax").numpy
     from gradshap import _engine, _sampling
 

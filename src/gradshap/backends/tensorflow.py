@@ -239,7 +239,7 @@ class TensorFlowAdapter(Adapter):
         # still becomes graph ops.
         self._raw_value_and_grad = value_and_grad_of(tf.function(forward))
         self._fused: dict = {}  # (step, jit_compile, signature) -> its concrete function
-        self._xla: bool | None = None  # decided at the first forward pass (see the module doc)
+        self._xla: bool | None = None  # decided at the first forward pass or row_loop (see the module doc)
         # One object for the adapter's life: the engine keeps its programs by it.
         self._map_rows = functools.partial(map_rows, tf)
 
@@ -270,18 +270,16 @@ class TensorFlowAdapter(Adapter):
         return self._tf.split(a, list(sizes))  # one op, where a slice per piece costs one each
 
     def fuse(self, step: Callable) -> Callable:
-        # One tf.function per step function (and jit_compile), kept so that later calls
-        # reuse its traces. Not reduce_retracing: the step reads static shapes (a
-        # shape-generic trace would hand it None), and the engine keeps one chunk shape per
-        # call, so this traces once per chunk shape. The model runs inside, as in
-        # value_and_grad: its random ops take graph-level seeds, and nothing leaves the device.
-        # Not AutoGraph either: the engine's steps are array code without control flow on
-        # tensors, and converting them took most of a first call (the MLP of benchmarks/:
-        # 703 -> 493 ms, one step per chunk).
-        # One concrete function per argument signature, traced once: a tf.function traced
-        # for each row count warns of "retracing" after five in its last ten calls, and
-        # calling the concrete function skips the tf.function's dispatch (about 120 us a
-        # call with the engine's nested arguments).
+        # One concrete function per step, compilation (XLA or not) and argument signature,
+        # traced once and kept (the engine keeps one chunk shape per call, so there are
+        # few): calling it skips the tf.function's dispatch (about 120 us a call with the
+        # engine's nested arguments), and a tf.function traced at each new row count would
+        # warn of "retracing" after five in its last ten calls. Shapes are static (the
+        # step reads them). The model runs inside, as in value_and_grad: its random ops
+        # take graph-level seeds, and nothing leaves the device. Traced without AutoGraph:
+        # the engine's steps are array code with no control flow on tensors, and
+        # converting them took most of a first call (the MLP of benchmarks/: 703 -> 493 ms,
+        # one step per chunk).
         eager = super().fuse(step)
 
         def traced(xla: bool, arrays: tuple):
