@@ -435,34 +435,33 @@ def row_floor(group: Group, model, case: Case, opts: dict):
 
 
 def row_gradshap(group: Group, model, case: Case, opts: dict):
+    return _gradshap_row(group, model, case, opts, case.bg, new_count=opts.get("new_count", True))
+
+
+def row_gradshap_bigbg(group: Group, model, case: Case, opts: dict):
+    n_background = case.wl.large_background
+    run, details = _gradshap_row(group, model, case, opts, case.wl.background(n_background), new_count=False)
+    return run, {**details, "background_rows": n_background}
+
+
+def _gradshap_row(group: Group, model, case: Case, opts: dict, background: np.ndarray, *, new_count: bool):
+    """gradshap's default call on ``case.x`` against ``background``, its first call timed;
+    with ``new_count``, then a first call at one row fewer (``new_count_s``, else None)."""
     import gradshap
 
-    bg = group.array(case.bg)
     x = group.array(case.x)
     try:
-        explainer = gradshap.GradientExplainer(model, bg, framework=group.gradshap_framework)
+        explainer = gradshap.GradientExplainer(model, group.array(background), framework=group.gradshap_framework)
         run = _gradshap_runner(group, explainer, x, case, case.n_samples, fresh_seeds=opts.get("fresh_seeds", False))
         first = _timed(run)[0]  # the first call: JAX compile, tf.function trace
         # Then one call with a row fewer: a row count whose compiled shapes, unless the
         # engine reuses those of the first call's count, are compiled or traced anew.
         fewer = len(case.x) - 1
-        new_count = _timed(_gradshap_runner(group, explainer, group.array(case.x[:fewer]), case, case.n_samples))[0] \
-            if fewer and opts.get("new_count", True) else None
+        new_count_s = _timed(_gradshap_runner(group, explainer, group.array(case.x[:fewer]), case, case.n_samples))[0] \
+            if fewer and new_count else None
     except NotImplementedError as err:
         raise Skip(f"gradshap's {group.gradshap_framework} adapter is not implemented yet ({err})") from err
-    return run, {"batch_size": _batch_size(explainer, case, x), "first_s": first, "new_count_s": new_count}
-
-
-def row_gradshap_bigbg(group: Group, model, case: Case, opts: dict):
-    import gradshap
-
-    n_background = case.wl.large_background
-    explainer = gradshap.GradientExplainer(model, group.array(case.wl.background(n_background)),
-                                           framework=group.gradshap_framework)
-    x = group.array(case.x)
-    run = _gradshap_runner(group, explainer, x, case, case.n_samples, fresh_seeds=opts.get("fresh_seeds", False))
-    first = _timed(run)[0]
-    return run, {"batch_size": _batch_size(explainer, case, x), "first_s": first, "background_rows": n_background}
+    return run, {"batch_size": _batch_size(explainer, case, x), "first_s": first, "new_count_s": new_count_s}
 
 
 def _gradshap_runner(group, explainer, x, case, n_samples, *, fresh_seeds: bool = False):

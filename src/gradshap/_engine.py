@@ -927,10 +927,9 @@ def _program_rows(design: _sampling.Design, batch_size: int, n: int) -> int:
     more per call after that. :func:`_blocks_program` runs whole row groups: its rows pad
     to a multiple of a row group's, or, fewer, as few rows.
     """
+    if _uses_blocks(design, 0.0, None, batch_size):
+        return _whole_groups(design, batch_size, n)
     k, widths, cuts = _pieces(design, batch_size, n)
-    if widths is None:
-        k_rows = _sample_rows(design, batch_size, equal=True)[1]
-        return min(k_rows, _few_rows(n)) if n < k_rows else -(-n // k_rows) * k_rows
     last = cuts[-1] - cuts[-2]
     size = cuts[-2] + _filled(last, k, _groups_per_set(_set_sizes(design), widths))
     if size > n and _pieces(design, batch_size, size) == (k, widths, (*cuts[:-1], size)):
@@ -966,7 +965,6 @@ def _padded_rows(adapter: Adapter, xp, design: _sampling.Design, stdevs: float, 
         return _program_rows(design, batch_size, n)
     if not adapter.pads or xp is not adapter.xp or rtol is not None:
         return n
-    few = _few_rows(n)
     if _uses_columns(design, stdevs, rtol, batch_size):
         sets = _set_sizes(design)
         k, widths = _column_plan(sets, batch_size, n, True)
@@ -977,11 +975,19 @@ def _padded_rows(adapter: Adapter, xp, design: _sampling.Design, stdevs: float, 
             if size > n and _column_plan(sets, batch_size, size, True) == (k, widths):
                 return size
         # A plan of their own: one row group of exactly those rows.
+        few = _few_rows(n)
         return few if few > n and _column_plan(sets, batch_size, few, True)[0] == few else n
-    _, k_rows = _sample_rows(design, batch_size, equal=True)
-    if n < k_rows:
-        return min(k_rows, few)
-    return -(-n // k_rows) * k_rows if adapter.eager_compiles else n
+    size = _whole_groups(design, batch_size, n)
+    # Fewer rows than a group: chunks of their own; else a multiple of the group's rows,
+    # where the last group's slicing and padding would compile per count (JAX).
+    return size if adapter.eager_compiles or size <= _sample_rows(design, batch_size, equal=True)[1] else n
+
+
+def _whole_groups(design: _sampling.Design, batch_size: int, n: int) -> int:
+    """``n`` rows padded to whole row groups of :func:`_attribute`'s chunks (a padding
+    adapter's plan), or, fewer than one group, to :func:`_few_rows` (at most one group)."""
+    k_rows = _sample_rows(design, batch_size, equal=True)[1]
+    return min(k_rows, _few_rows(n)) if n < k_rows else -(-n // k_rows) * k_rows
 
 
 def _filled(rows: int, k: int, groups: list) -> int:
@@ -1082,10 +1088,10 @@ def _attribute_program(adapter, xp, x, background, cot_rows, *, design, key, bat
                        rows=None):
     """:func:`_attribute_columns` (or, where :func:`_uses_blocks`, :func:`_attribute`) as
     programs: the shares of each piece of rows (:func:`_pieces`), per input ``(m, F)`` (for
-    :func:`_finish_program`). ``pieces``: ``x`` cut into them
-    already, as ``(cuts, pieces)`` (:func:`_cut`), or ``None`` to cut here. ``rows``: the
-    caller's rows, where ``x`` holds padding after them (:func:`_program_rows`; the
-    progress bar counts the caller's rows only).
+    :func:`_finish_program`). ``pieces``: ``x`` cut into them already, as ``(cuts,
+    pieces)`` (:func:`_cut`), or ``None`` to cut here. ``rows``: the caller's rows, where
+    ``x`` holds padding after them (:func:`_program_rows`; the progress bar counts the
+    caller's rows only).
     """
     n = x[0].shape[0]
     acc = _accumulation_dtype(xp, x[0].dtype)
@@ -1163,6 +1169,13 @@ def _kept_draws(design: _sampling.Design, key: int, r0: int, r1: int, make: Call
     return out
 
 
+def _read_only(*arrays: np.ndarray) -> tuple:
+    """``arrays``, marked read-only: kept draws are shared by the calls that find them."""
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
 def _arrays_in(tree) -> list:
     """The NumPy arrays in nested tuples and lists."""
     if isinstance(tree, np.ndarray):
@@ -1187,10 +1200,8 @@ def _slot_draws(design: _sampling.Design, key: int, r0: int, r1: int, k: int, la
         out = []
         for passes, spans in layout:
             slot_rows, groups, b, a, _ = _slots(baseline, alpha, list(spans), passes, k)
-            chunks = tuple(np.reshape(v, (-1, k, *v.shape[1:])) for v in (slot_rows, groups, b, a.astype(dtype)))
-            for v in chunks:
-                v.flags.writeable = False  # shared by the calls that find them
-            out.append(chunks)
+            chunks = (np.reshape(v, (-1, k, *v.shape[1:])) for v in (slot_rows, groups, b, a.astype(dtype)))
+            out.append(_read_only(*chunks))
         return out
 
     return _kept_draws(design, key, r0, r1, make, "slots", k, layout, np.dtype(dtype).str)
@@ -1204,10 +1215,8 @@ def _block_draws(design: _sampling.Design, key: int, r0: int, r1: int, k: int, d
     def make(rows: np.ndarray) -> tuple:
         index, alpha, _ = _sampling.draw(design, key, rows, 0, 0, design.n_samples)
         size = -(-rows.size // k) * k  # (more than the rows only after an out-of-memory retry)
-        out = tuple(np.reshape(_pad_rows(v, size), (-1, k, design.n_samples)) for v in (index, alpha.astype(dtype)))
-        for v in out:
-            v.flags.writeable = False  # shared by the calls that find them
-        return out
+        return _read_only(*(np.reshape(_pad_rows(v, size), (-1, k, design.n_samples))
+                            for v in (index, alpha.astype(dtype))))
 
     return _kept_draws(design, key, r0, r1, make, "blocks", k, np.dtype(dtype).str)
 
@@ -1308,9 +1317,7 @@ def _attribute(adapter, xp, x, background, cot_rows, gap, *, design, stdevs, key
 
     def draw_group(rows: np.ndarray, block: int, s0: int, s1: int) -> tuple:
         index, alpha, weights = _sampling.draw(design, key, rows, block, s0, s1)
-        for v in (index, alpha):
-            v.flags.writeable = False  # shared by the calls that find them
-        return index, alpha, weights
+        return (*_read_only(index, alpha), weights)
 
     def draw(active, block, s0, s1):
         if rtol is not None or len(ranges) > 1 or draw_rows == k_rows:
