@@ -5,10 +5,10 @@ subprocess, so frameworks never share a process, a thread pool or an allocator. 
 group the rows are timed interleaved (round r runs every row once), so that load from
 elsewhere on the machine hits every row alike; each row's first call is a warm-up whose
 extra time (JAX compile, tf.function trace) is reported apart. Where runs are short (the
-MLP: 5-20 ms), the floor and gradshap rows (and gradshap-bigbg) then run further rounds,
-interleaved, until each has ``--min-time`` seconds of runs (2 s; at most 100 rounds):
-their ratio is what the targets are about, and five runs of it under other load read
-1.15x in one full run and 1.44x in the next.
+MLP: 5-20 ms), the floor and gradshap rows (and gradshap-bigbg, gradshap-linear) then run
+further rounds, interleaved, until each has ``--min-time`` seconds of runs (2 s; at most
+100 rounds): their ratio is what the targets are about, and five runs of it under other
+load read 1.15x in one full run and 1.44x in the next.
 
 Rows of a group (each made by a small function below, registered in ``ROWS``):
 
@@ -22,6 +22,11 @@ Rows of a group (each made by a small function below, registered in ``ROWS``):
   ``auto`` design is one column of samples with a background row each, not the columns of
   one background row each that 100 rows give: another path of the engine, over as many
   points, so the same floor;
+- ``gradshap-linear``: the gradshap call with the model replaced by one linear layer from
+  the same inputs to the same outputs (:meth:`workloads.Workload.linear`), timed against
+  the real model's floor: its ratio is what the engine's own work (draws, interpolation,
+  multiply and reductions, the call's fixed costs) costs next to that floor, the share
+  of a call that no model can take away;
 - ``captum``: captum's ``GradientShap`` at the same number of samples (torch);
 - ``shap``: shap's ``GradientExplainer`` at the same number of samples (torch, TF).
 
@@ -444,6 +449,11 @@ def row_gradshap_bigbg(group: Group, model, case: Case, opts: dict):
     return run, {**details, "background_rows": n_background}
 
 
+def row_gradshap_linear(group: Group, model, case: Case, opts: dict):
+    run, details = _gradshap_row(group, group.model(case.wl.linear()), case, opts, case.bg, new_count=False)
+    return run, {**details, "linear_model": True}
+
+
 def _gradshap_row(group: Group, model, case: Case, opts: dict, background: np.ndarray, *, new_count: bool):
     """gradshap's default call on ``case.x`` against ``background``, its first call timed;
     with ``new_count``, then a first call at one row fewer (``new_count_s``, else None)."""
@@ -570,16 +580,19 @@ def row_shap(group: Group, model, case: Case, opts: dict):
 
 #: Row name -> row function. A new row is one function and one entry here.
 ROWS: dict[str, Callable] = {"floor": row_floor, "gradshap": row_gradshap, "gradshap-bigbg": row_gradshap_bigbg,
-                             "captum": row_captum, "shap": row_shap}
+                             "gradshap-linear": row_gradshap_linear, "captum": row_captum, "shap": row_shap}
+
+#: Rows timed only (no memory row): other calls of gradshap, read against the same floor.
+TIMED_ONLY = ("gradshap-bigbg", "gradshap-linear")
 
 #: Rows each group runs.
 GROUP_ROWS = {
-    "torch": ("floor", "gradshap", "gradshap-bigbg", "captum", "shap"),
-    "jax": ("floor", "gradshap", "gradshap-bigbg"),
-    "tensorflow": ("floor", "gradshap", "gradshap-bigbg", "shap"),
-    "keras-tensorflow": ("floor", "gradshap", "gradshap-bigbg"),
-    "keras-jax": ("floor", "gradshap", "gradshap-bigbg"),
-    "keras-torch": ("floor", "gradshap", "gradshap-bigbg"),
+    "torch": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "captum", "shap"),
+    "jax": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear"),
+    "tensorflow": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "shap"),
+    "keras-tensorflow": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear"),
+    "keras-jax": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear"),
+    "keras-torch": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear"),
 }
 
 
@@ -668,11 +681,13 @@ def worker_time(spec: dict) -> dict:
         for r in range(spec["repeats"]):
             one_round(list(runners), f"run {r + 1}/{spec['repeats']}")
         # gradshap / floor from more rounds of those two where runs are short (module doc).
-        # (The large-background row too: its ratio to the floor is also a target's.)
-        pair = [r for r in ("floor", "gradshap", "gradshap-bigbg") if r in runners]
+        # (The other gradshap rows too: their ratios to the floor are read the same way. The
+        # linear model's row, the shortest, rides along: it does not set the rounds.)
+        pair = [r for r in ("floor", "gradshap", *TIMED_ONLY) if r in runners]
+        settled = [r for r in pair if r != "gradshap-linear"]
         extra = 0
-        while "floor" in pair and len(pair) >= 2 and extra < MAX_EXTRA_ROUNDS and \
-                min(sum(info[r]["times"]) for r in pair) < spec.get("min_time_s", 0.0):
+        while "floor" in settled and len(settled) >= 2 and extra < MAX_EXTRA_ROUNDS and \
+                min(sum(info[r]["times"]) for r in settled) < spec.get("min_time_s", 0.0):
             extra += 1
             one_round(pair, f"extra round {extra}")
         for rname, (name, _, times) in alternates.items():
@@ -780,7 +795,7 @@ def worker_memory(spec: dict, group: Group | None = None) -> dict:
     opts = {"quick": True, "sweep_repeats": 1, "fresh_seeds": True, "new_count": False}  # (timed in the time rows)
     out = {"group": group.name, "workload": wl.name, "rows": {}}
     for rname in spec["rows"]:
-        if rname == "gradshap-bigbg":  # timed only
+        if rname in TIMED_ONLY:
             continue
         _emit_progress(f"memory {group.name} {wl.name}: {rname}")
         try:
@@ -1057,7 +1072,7 @@ def build_report(timing, memory, errors, names, tmp: Path, **meta) -> dict:
                     rows.append(row)
                     continue
                 row.update({k: d[k] for k in ("median_s", "min_s", "warmup_extra_s", "times") if k in d})
-                for k in ("best", "sweep", "runner_up", "batch_size", "new_count_s", "background_rows"):
+                for k in ("best", "sweep", "runner_up", "batch_size", "new_count_s", "background_rows", "linear_model"):
                     if k in d:
                         row[k] = d[k]
                 if g in floors:
@@ -1156,6 +1171,8 @@ def render_markdown(report: dict) -> str:
             notes.append(f"runner-up {r['runner_up']['best']}: {_fmt_s(r['runner_up']['median_s'])}")
         if "background_rows" in r:
             notes.append(f"{r['background_rows']:,} background rows")
+        if r.get("linear_model"):
+            notes.append("the model replaced by one linear layer")
         if "batch_size" in r:
             notes.append(f"batch_size {r['batch_size']}")
         if r.get("new_count_s") is not None:

@@ -20,7 +20,7 @@ take NHWC, so their builders transpose the kernels and :func:`to_layout` the dat
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -56,6 +56,18 @@ class Workload:
 
     def build(self, framework: str):
         return self.builders[framework](self.weights())
+
+    def linear(self) -> "Workload":
+        """This workload with its model replaced by one linear layer from the same inputs to
+        the same outputs (fixed weights): the bench's ``gradshap-linear`` row, a call whose
+        model costs next to nothing, so that its time is the engine's own work."""
+        f = int(np.prod(self.input_shape))
+        nhwc = (*self.input_shape[1:], self.input_shape[0]) if len(self.input_shape) == 3 else self.input_shape
+        return replace(
+            self, name=f"{self.name}-linear", title=f"{self.title}, model replaced by one linear layer",
+            weights=functools.partial(linear_weights, f, self.n_outputs), large_background=0,
+            builders={"torch": linear_torch, "jax": linear_jax, "keras": functools.partial(linear_keras, nhwc)},
+        )
 
 
 def _dense(rng, fan_in: int, fan_out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +188,41 @@ def mlp_keras(weights: dict):
         layer.set_weights([weights[f"{name}.weight"].T, weights[f"{name}.bias"]])
     for layer, name in zip(bns, ("batchnorm1", "batchnorm2")):
         _keras_bn(layer, weights, name)
+    return model
+
+
+# ----------------------------------------------------------------------------- one linear layer
+# (Workload.linear: the inputs flattened, then one dense layer. Keras flattens NHWC images
+# in its own order, so its function differs from torch's and JAX's; only its time is read.)
+
+
+def linear_weights(n_in: int, n_out: int) -> dict:
+    w, b = _dense(np.random.default_rng(5), n_in, n_out)
+    return {"1.weight": w, "1.bias": b}
+
+
+def linear_torch(weights: dict):
+    from torch import nn
+
+    n_out, n_in = weights["1.weight"].shape
+    return _torch_load(nn.Sequential(nn.Flatten(), nn.Linear(n_in, n_out)), weights)
+
+
+def _linear_apply(p, x):
+    return x.reshape(x.shape[0], -1) @ p["1.weight"].T + p["1.bias"]
+
+
+def linear_jax(weights: dict):
+    return functools.partial(_linear_apply, _jax_params(weights))
+
+
+def linear_keras(input_shape: tuple, weights: dict):
+    import keras
+
+    dense = keras.layers.Dense(weights["1.weight"].shape[0])
+    inputs = keras.Input(input_shape)
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
+    dense.set_weights([weights["1.weight"].T, weights["1.bias"]])
     return model
 
 

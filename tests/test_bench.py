@@ -63,13 +63,38 @@ def test_quick_bench_rows_ran_and_agree(quick_report):
     # Each gradshap row also timed a first call at one row fewer (recompiles show there).
     for key in [("torch", "gradshap"), ("jax", "gradshap")]:
         assert rows[key]["new_count_s"] > 0
-    # The large-background row: timed against the same floor, over as many points, with no
-    # memory row.
+    # The large-background and linear-model rows: timed against the same floor, over as
+    # many points, with no memory row.
     for group in ("torch", "jax"):
-        row = rows[(group, "gradshap-bigbg")]
-        assert row["background_rows"] == 1000 and row["n_points"] == row["n_rows"] * 16
-        assert row["x_floor"] == pytest.approx(row["median_s"] / rows[(group, "floor")]["median_s"])
-        assert "memory" not in row
+        for name in ("gradshap-bigbg", "gradshap-linear"):
+            row = rows[(group, name)]
+            assert row["n_points"] == row["n_rows"] * 16
+            assert row["x_floor"] == pytest.approx(row["median_s"] / rows[(group, "floor")]["median_s"])
+            assert "memory" not in row
+        assert rows[(group, "gradshap-bigbg")]["background_rows"] == 1000
+        assert rows[(group, "gradshap-linear")]["linear_model"] is True
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_linear_workload_is_one_dense_layer_in_torch_and_jax(name):
+    """``Workload.linear``: the inputs flattened, then ``x @ W.T + b``, with the workload's
+    outputs, in each framework (Keras flattens images in its own order: shape only)."""
+    import_or_fail("torch")
+    import_or_fail("jax")
+    import torch
+    import workloads
+
+    wl = workloads.get(name).linear()
+    x, _ = wl.data(3)
+    w = wl.weights()
+    want = x.reshape(3, -1).astype(np.float64) @ w["1.weight"].T.astype(np.float64) + w["1.bias"]
+    assert want.shape == (3, workloads.get(name).n_outputs)
+    with torch.no_grad():
+        got_torch = wl.build("torch")(torch.from_numpy(x)).numpy()
+    got_jax = np.asarray(wl.build("jax")(x))
+    np.testing.assert_allclose(got_torch, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_jax, want, rtol=1e-5, atol=1e-5)
+    assert wl.large_background == 0 and wl.input_shape == workloads.get(name).input_shape
 
 
 def test_floor_is_the_faster_of_the_sweeps_two_best_in_the_timed_rounds():
@@ -88,16 +113,19 @@ def test_floor_is_the_faster_of_the_sweeps_two_best_in_the_timed_rounds():
 def test_short_floor_and_gradshap_rows_get_further_rounds(tmp_path):
     """Where runs are short, the floor and gradshap rows (and the large-background row) run
     further rounds, interleaved, until each has ``min_time_s`` of timed runs (at most
-    MAX_EXTRA_ROUNDS); the other rows keep their repeats. Without a minimum, nothing more
+    MAX_EXTRA_ROUNDS); the linear-model row runs in those rounds too, without setting how
+    many there are; the other rows keep their repeats. Without a minimum, nothing more
     runs."""
     import_or_fail("torch")
     import bench
 
     spec = {"group": "torch", "workloads": ["mlp"], "quick": True, "n_samples": 16, "repeats": 2,
-            "rows": ["floor", "gradshap", "gradshap-bigbg", "captum"], "tmp": str(tmp_path), "memory_inline": False}
+            "rows": ["floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "captum"], "tmp": str(tmp_path),
+            "memory_inline": False}
     rows = bench.worker_time({**spec, "min_time_s": 0.02})["workloads"]["mlp"]["rows"]
     floor, ours, big = rows["floor"]["times"], rows["gradshap"]["times"], rows["gradshap-bigbg"]["times"]
-    assert len(floor) == len(ours) == len(big) > 2 and len(rows["captum"]["times"]) == 2
+    assert len(floor) == len(ours) == len(big) == len(rows["gradshap-linear"]["times"]) > 2
+    assert len(rows["captum"]["times"]) == 2
     assert len(ours) == 2 + bench.MAX_EXTRA_ROUNDS or min(sum(floor), sum(ours), sum(big)) >= 0.02
     assert min(sum(floor[:-1]), sum(ours[:-1]), sum(big[:-1])) < 0.02  # no round more than needed
     rows = bench.worker_time({**spec, "min_time_s": 0.0})["workloads"]["mlp"]["rows"]
