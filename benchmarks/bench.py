@@ -27,6 +27,13 @@ Rows of a group (each made by a small function below, registered in ``ROWS``):
   the real model's floor: its ratio is what the engine's own work (draws, interpolation,
   multiply and reductions, the call's fixed costs) costs next to that floor, the share
   of a call that no model can take away;
+- ``by-hand``: expected gradients written directly in the framework, as a user would
+  write them without a library: per chunk of whole rows, gather the baseline rows of
+  gradshap's draws (so the same estimate, to rounding), interpolate, the VJP, multiply by
+  ``x - baseline`` and average per row; compiled per chunk where the floor is (jax.jit,
+  tf.function), in the best chunk size (and variant) of a sweep as the floor's. It gives
+  the estimate only: no standard error, base value or completeness check. Its ratio to
+  the floor is what the estimator's own arithmetic costs, written plainly;
 - ``captum``: captum's ``GradientShap`` at the same number of samples (torch);
 - ``shap``: shap's ``GradientExplainer`` at the same number of samples (torch, TF).
 
@@ -113,6 +120,8 @@ class Case:
         self.x, self.bg = wl.data(n_rows)
         key = _sampling.seed_key(0)
         index, alpha, _ = _sampling.samples("auto", key, np.arange(n_rows), n_samples, len(self.bg))
+        # gradshap's draws at seed 0: background row and alpha per (row, sample), (n_rows, S).
+        self.index, self.alpha = index, alpha.astype(np.float32)
         base = self.bg[index.reshape(-1)]
         xs = np.repeat(self.x, n_samples, axis=0)
         a = alpha.reshape(-1, *([1] * (self.x.ndim - 1))).astype(np.float32)
@@ -146,6 +155,12 @@ class Group:
 
     def floor_variants(self, wl) -> tuple:
         return ("",)
+
+    def by_hand_runner(self, model, case: Case, chunk: int, variant: str) -> Callable[[], Any]:
+        """Expected gradients written directly in the framework (the ``by-hand`` row): per
+        chunk of about ``chunk`` points, whole rows of ``case``'s draws; returns the estimate
+        ``(n_rows, *features)`` in the group's layout."""
+        raise NotImplementedError
 
     def peak_device_memory(self) -> float | None:
         return None
@@ -205,6 +220,12 @@ class TorchGroup(Group):
 
         return run
 
+    def by_hand_runner(self, model, case, chunk, variant):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        layout = (lambda p: p.contiguous(memory_format=self.torch.channels_last)) if variant == "channels_last" else None
+        return _torch_by_hand(self.torch, model, case, self.array, chunk, layout, self.sync)
+
     def peak_device_memory(self):
         if self.device.type != "cuda":
             return None
@@ -251,6 +272,100 @@ class JaxGroup(Group):
             return grads[-1]
 
         return run
+
+    def by_hand_runner(self, model, case, chunk, variant):
+        return _jax_by_hand(self.jax, model.func, model.args[0], case, chunk, self.array, self.layout)
+
+
+def _torch_by_hand(torch, fn, case: Case, array: Callable, chunk: int, layout: Callable | None, sync: Callable):
+    """The ``by-hand`` row in torch (eager): ``fn(points)`` the model's outputs."""
+    x, bg, a = array(case.x), array(case.bg), array(case.alpha)
+    index, cot = torch.from_numpy(case.index).to(x.device), array(case.cot)
+    (n, s), fshape = case.index.shape, tuple(x.shape[1:])
+    k = max(1, chunk // s)
+
+    def run():
+        parts = []
+        for r0 in range(0, n, k):
+            r1 = min(n, r0 + k)
+            base = bg[index[r0:r1].reshape(-1)].reshape(r1 - r0, s, *fshape)
+            diff = x[r0:r1].unsqueeze(1) - base
+            points = (base + a[r0:r1].reshape(r1 - r0, s, *[1] * len(fshape)) * diff).reshape(-1, *fshape)
+            leaf = (points if layout is None else layout(points)).requires_grad_(True)
+            with torch.enable_grad():
+                (grads,) = torch.autograd.grad(fn(leaf), leaf, grad_outputs=cot[r0 * s : r1 * s])
+            parts.append((diff * grads.reshape(diff.shape)).mean(dim=1))
+        sync()
+        return torch.cat(parts)
+
+    return run
+
+
+def _row_chunks(case: Case, chunk: int, arrays: tuple) -> list:
+    """Per chunk of ``max(1, chunk // samples)`` rows (the last padded with the first rows,
+    so that every chunk has one shape), ``arrays`` (NumPy, one row or one row's samples
+    per leading index) cut alike."""
+    n, s = case.index.shape
+    k = max(1, chunk // s)
+    rows = np.arange(-(-n // k) * k) % n
+    return [tuple(np.ascontiguousarray(v[rows[r0 : r0 + k]]) for v in arrays) for r0 in range(0, len(rows), k)]
+
+
+def _jax_by_hand(jax, apply, params, case: Case, chunk: int, array: Callable, layout: str):
+    """The ``by-hand`` row in JAX: ``apply(params, points)`` the model's outputs; one
+    jitted function per chunk, as the floor."""
+    bg = array(workloads.to_layout(case.bg, layout))
+    n_out = case.cot.shape[1]
+
+    @jax.jit
+    def step(params, x_rows, index, alpha, cot):
+        k, s = index.shape
+        base = bg[index.reshape(-1)].reshape(k, s, *bg.shape[1:])
+        diff = x_rows[:, None] - base
+        points = (base + alpha.reshape(k, s, *[1] * (bg.ndim - 1)) * diff).reshape(k * s, *bg.shape[1:])
+        _, pullback = jax.vjp(lambda p: apply(params, p), points)
+        (grads,) = pullback(cot.reshape(k * s, n_out))
+        return (diff * grads.reshape(diff.shape)).mean(axis=1)
+
+    x = workloads.to_layout(case.x, layout)
+    cots = case.cot.reshape(case.n_rows, case.n_samples, n_out)
+    chunks = [tuple(array(v) for v in c) for c in _row_chunks(case, chunk, (x, case.index, case.alpha, cots))]
+
+    def run():
+        out = [step(params, *c) for c in chunks]
+        jax.block_until_ready(out)
+        return jax.numpy.concatenate(out)[: case.n_rows]
+
+    return run
+
+
+def _tf_by_hand(tf, fn, case: Case, chunk: int, xla: bool):
+    """The ``by-hand`` row in TensorFlow: ``fn(points)`` the model's outputs; one
+    ``tf.function`` per chunk shape, as the floor (``xla``: ``jit_compile``)."""
+    bg = tf.constant(workloads.to_layout(case.bg, "NHWC"))
+    n_out = case.cot.shape[1]
+
+    @tf.function(reduce_retracing=True, jit_compile=xla)
+    def step(x_rows, index, alpha, cot):
+        k, s = index.shape
+        fshape = list(bg.shape[1:])
+        base = tf.reshape(tf.gather(bg, tf.reshape(index, [-1])), [k, s, *fshape])
+        diff = x_rows[:, None] - base
+        points = tf.reshape(base + tf.reshape(alpha, [k, s, *[1] * len(fshape)]) * diff, [k * s, *fshape])
+        with tf.GradientTape() as tape:
+            tape.watch(points)
+            out = fn(points)
+        grads = tape.gradient(out, points, output_gradients=tf.reshape(cot, [k * s, n_out]))
+        return tf.reduce_mean(diff * tf.reshape(grads, tf.shape(diff)), axis=1)
+
+    x = workloads.to_layout(case.x, "NHWC")
+    cots = case.cot.reshape(case.n_rows, case.n_samples, n_out)
+    chunks = [tuple(tf.constant(v) for v in c) for c in _row_chunks(case, chunk, (x, case.index, case.alpha, cots))]
+
+    def run():
+        return tf.concat([step(*c) for c in chunks], axis=0)[: case.n_rows].numpy()
+
+    return run
 
 
 def _padded_chunks(a: np.ndarray, chunk: int) -> list:
@@ -306,6 +421,9 @@ class TensorFlowGroup(Group):
             return grads[-1].numpy()
 
         return run
+
+    def by_hand_runner(self, model, case, chunk, variant):
+        return _tf_by_hand(self.tf, model, case, chunk, variant == "xla")
 
 
 class KerasGroup(Group):
@@ -381,6 +499,21 @@ class KerasGroup(Group):
 
         return run
 
+    def by_hand_runner(self, model, case, chunk, variant):
+        call = lambda p: model(p, training=False)  # noqa: E731
+        if self.backend == "tensorflow":
+            return _tf_by_hand(self.inner.tf, call, case, chunk, variant == "xla")
+        if self.backend == "jax":
+            params = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+
+            def apply(params, points):
+                return model.stateless_call(*params, points, training=False)[0]
+
+            return _jax_by_hand(self.inner.jax, apply, params, case, chunk, self.inner.array, self.layout)
+        torch = self.inner.torch
+        return _torch_by_hand(torch, call, case, lambda a: torch.from_numpy(workloads.to_layout(a, self.layout)),
+                              chunk, None, lambda: None)
+
 
 def make_group(name: str) -> Group:
     if name == "torch":
@@ -402,7 +535,20 @@ def make_group(name: str) -> Group:
 
 
 def row_floor(group: Group, model, case: Case, opts: dict):
-    """The floor: the best (chunk, variant) of a short sweep.
+    """The floor: the best (chunk, variant) of a short sweep (:func:`_swept`)."""
+    return _swept(case, opts, group.floor_variants(case.wl),
+                  lambda chunk, variant: group.floor_runner(model, case, chunk, variant))
+
+
+def row_by_hand(group: Group, model, case: Case, opts: dict):
+    """Expected gradients written by hand in the framework, in the best (chunk, variant) of
+    the floor's sweep (:func:`_swept`)."""
+    return _swept(case, opts, group.floor_variants(case.wl),
+                  lambda chunk, variant: group.by_hand_runner(model, case, chunk, variant))
+
+
+def _swept(case: Case, opts: dict, variants: tuple, make: Callable):
+    """``make(chunk, variant)``'s runner at the best (chunk, variant) of a short sweep.
 
     The candidates are timed interleaved (round r runs each once) and ranked by their
     fastest run: on a shared machine, load only ever adds time, so the minimum is the
@@ -417,10 +563,10 @@ def row_floor(group: Group, model, case: Case, opts: dict):
     if opts["quick"]:
         chunks = chunks[-1:]
     runs, warmups = {}, {}
-    for variant in group.floor_variants(case.wl):
+    for variant in variants:
         for chunk in chunks:
             name = f"{chunk}{'/' + variant if variant else ''}"
-            run = runs[name] = group.floor_runner(model, case, chunk, variant)
+            run = runs[name] = make(chunk, variant)
             warmups[name] = _timed(run)[0]  # compile / warm-up
     times: dict = {name: [] for name in runs}
     for _ in range(opts["sweep_repeats"]):
@@ -580,19 +726,20 @@ def row_shap(group: Group, model, case: Case, opts: dict):
 
 #: Row name -> row function. A new row is one function and one entry here.
 ROWS: dict[str, Callable] = {"floor": row_floor, "gradshap": row_gradshap, "gradshap-bigbg": row_gradshap_bigbg,
-                             "gradshap-linear": row_gradshap_linear, "captum": row_captum, "shap": row_shap}
+                             "gradshap-linear": row_gradshap_linear, "by-hand": row_by_hand, "captum": row_captum,
+                             "shap": row_shap}
 
-#: Rows timed only (no memory row): other calls of gradshap, read against the same floor.
-TIMED_ONLY = ("gradshap-bigbg", "gradshap-linear")
+#: Rows timed only (no memory row), against the same floor.
+TIMED_ONLY = ("gradshap-bigbg", "gradshap-linear", "by-hand")
 
 #: Rows each group runs.
 GROUP_ROWS = {
-    "torch": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "captum", "shap"),
-    "jax": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear"),
-    "tensorflow": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "shap"),
-    "keras-tensorflow": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear"),
-    "keras-jax": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear"),
-    "keras-torch": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear"),
+    "torch": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "by-hand", "captum", "shap"),
+    "jax": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "by-hand"),
+    "tensorflow": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "by-hand", "shap"),
+    "keras-tensorflow": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "by-hand"),
+    "keras-jax": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "by-hand"),
+    "keras-torch": ("floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "by-hand"),
 }
 
 
@@ -662,6 +809,10 @@ def worker_time(spec: dict) -> dict:
                     alternates[rname] = (runner_up[0], runner_up[1], [])
                 if rname == "gradshap":
                     info[rname]["values"] = _values_summary(group, value, group.layout)
+                elif rname == "by-hand" and "values" in info.get("gradshap", {}):
+                    # The same draws: the same estimate, up to float32 rounding.
+                    info[rname]["max_abs_diff_vs_gradshap"] = float(np.max(np.abs(
+                        _values_summary(group, value, group.layout) - info["gradshap"]["values"])))
                 runners[rname] = run
             except Skip as err:
                 info[rname] = {"skipped": str(err)}
@@ -681,10 +832,11 @@ def worker_time(spec: dict) -> dict:
         for r in range(spec["repeats"]):
             one_round(list(runners), f"run {r + 1}/{spec['repeats']}")
         # gradshap / floor from more rounds of those two where runs are short (module doc).
-        # (The other gradshap rows too: their ratios to the floor are read the same way. The
-        # linear model's row, the shortest, rides along: it does not set the rounds.)
+        # (The other gradshap rows and the by-hand row too: their ratios to the floor are
+        # read the same way. The linear model's row, the shortest, and the by-hand row ride
+        # along: they do not set the rounds.)
         pair = [r for r in ("floor", "gradshap", *TIMED_ONLY) if r in runners]
-        settled = [r for r in pair if r != "gradshap-linear"]
+        settled = [r for r in pair if r in ("floor", "gradshap", "gradshap-bigbg")]
         extra = 0
         while "floor" in settled and len(settled) >= 2 and extra < MAX_EXTRA_ROUNDS and \
                 min(sum(info[r]["times"]) for r in settled) < spec.get("min_time_s", 0.0):
@@ -1072,7 +1224,8 @@ def build_report(timing, memory, errors, names, tmp: Path, **meta) -> dict:
                     rows.append(row)
                     continue
                 row.update({k: d[k] for k in ("median_s", "min_s", "warmup_extra_s", "times") if k in d})
-                for k in ("best", "sweep", "runner_up", "batch_size", "new_count_s", "background_rows", "linear_model"):
+                for k in ("best", "sweep", "runner_up", "batch_size", "new_count_s", "background_rows", "linear_model",
+                          "max_abs_diff_vs_gradshap"):
                     if k in d:
                         row[k] = d[k]
                 if g in floors:
@@ -1173,6 +1326,8 @@ def render_markdown(report: dict) -> str:
             notes.append(f"{r['background_rows']:,} background rows")
         if r.get("linear_model"):
             notes.append("the model replaced by one linear layer")
+        if "max_abs_diff_vs_gradshap" in r:
+            notes.append(f"max diff vs gradshap {r['max_abs_diff_vs_gradshap']:.1e}")
         if "batch_size" in r:
             notes.append(f"batch_size {r['batch_size']}")
         if r.get("new_count_s") is not None:

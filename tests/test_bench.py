@@ -73,6 +73,37 @@ def test_quick_bench_rows_ran_and_agree(quick_report):
             assert "memory" not in row
         assert rows[(group, "gradshap-bigbg")]["background_rows"] == 1000
         assert rows[(group, "gradshap-linear")]["linear_model"] is True
+    # The by-hand rows make gradshap's draws: the same estimate, up to float32 rounding,
+    # in every group that ran (TensorFlow and Keras too, where installed).
+    by_hand = [r for r in report["rows"] if r["row"] == "by-hand" and "median_s" in r]
+    assert {"torch", "jax"} <= {r["group"] for r in by_hand}
+    for row in by_hand:
+        assert row["max_abs_diff_vs_gradshap"] < 1e-5, row
+        assert row["x_floor"] == pytest.approx(row["median_s"] / rows[(row["group"], "floor")]["median_s"])
+        assert "memory" not in row
+
+
+@pytest.mark.parametrize("group_name", ["torch", "jax"])
+@pytest.mark.parametrize("chunk", [48, 1000])
+def test_by_hand_row_computes_gradshaps_estimate_on_the_cnn(group_name, chunk):
+    """The by-hand runner (gather, interpolate, VJP, multiply, mean per row) on gradshap's
+    draws at seed 0 gives gradshap's values; at 48 points per chunk, 16 samples make
+    chunks of 3 rows, and 5 rows pad the last chunk."""
+    import_or_fail(group_name)
+    import bench
+    import workloads
+
+    import gradshap
+
+    group = bench.make_group(group_name)
+    wl = workloads.get("cnn")
+    case = bench.Case(wl, 5, 16)
+    model = group.model(wl)
+    got = group.numpy(group.by_hand_runner(model, case, chunk, "")())
+    want = group.numpy(gradshap.GradientExplainer(model, group.array(case.bg))(
+        group.array(case.x), target=wl.target, n_samples=16, seed=0).values)
+    assert got.shape == want.shape == (5, 1, 28, 28)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
@@ -113,18 +144,19 @@ def test_floor_is_the_faster_of_the_sweeps_two_best_in_the_timed_rounds():
 def test_short_floor_and_gradshap_rows_get_further_rounds(tmp_path):
     """Where runs are short, the floor and gradshap rows (and the large-background row) run
     further rounds, interleaved, until each has ``min_time_s`` of timed runs (at most
-    MAX_EXTRA_ROUNDS); the linear-model row runs in those rounds too, without setting how
-    many there are; the other rows keep their repeats. Without a minimum, nothing more
+    MAX_EXTRA_ROUNDS); the linear-model and by-hand rows run in those rounds too, without
+    setting how many there are; the other rows keep their repeats. Without a minimum, nothing more
     runs."""
     import_or_fail("torch")
     import bench
 
     spec = {"group": "torch", "workloads": ["mlp"], "quick": True, "n_samples": 16, "repeats": 2,
-            "rows": ["floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "captum"], "tmp": str(tmp_path),
-            "memory_inline": False}
+            "rows": ["floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "by-hand", "captum"],
+            "tmp": str(tmp_path), "memory_inline": False}
     rows = bench.worker_time({**spec, "min_time_s": 0.02})["workloads"]["mlp"]["rows"]
     floor, ours, big = rows["floor"]["times"], rows["gradshap"]["times"], rows["gradshap-bigbg"]["times"]
-    assert len(floor) == len(ours) == len(big) == len(rows["gradshap-linear"]["times"]) > 2
+    assert len(floor) == len(ours) == len(big) == len(rows["gradshap-linear"]["times"]) \
+        == len(rows["by-hand"]["times"]) > 2
     assert len(rows["captum"]["times"]) == 2
     assert len(ours) == 2 + bench.MAX_EXTRA_ROUNDS or min(sum(floor), sum(ours), sum(big)) >= 0.02
     assert min(sum(floor[:-1]), sum(ours[:-1]), sum(big[:-1])) < 0.02  # no round more than needed
