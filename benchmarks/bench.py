@@ -204,9 +204,7 @@ class TorchGroup(Group):
             p.requires_grad_(False)
         pts, cot = self.array(case.points), self.array(case.cot)
         if variant == "channels_last":
-            n, c, h, w = pts.shape
-            # Channels-last strides even for one channel, where .contiguous() would keep NCHW.
-            pts = torch.empty_strided(pts.shape, (c * h * w, 1, w * c, c), device=pts.device).copy_(pts)
+            pts = _channels_last(torch, pts)
 
         def run():
             grads = None
@@ -223,8 +221,9 @@ class TorchGroup(Group):
     def by_hand_runner(self, model, case, chunk, variant):
         for p in model.parameters():
             p.requires_grad_(False)
-        layout = (lambda p: p.contiguous(memory_format=self.torch.channels_last)) if variant == "channels_last" else None
-        return _torch_by_hand(self.torch, model, case, self.array, chunk, layout, self.sync)
+        torch = self.torch
+        layout = (lambda p: _channels_last(torch, p)) if variant == "channels_last" else None
+        return _torch_by_hand(torch, model, case, self.array, chunk, layout, self.sync)
 
     def peak_device_memory(self):
         if self.device.type != "cuda":
@@ -275,6 +274,13 @@ class JaxGroup(Group):
 
     def by_hand_runner(self, model, case, chunk, variant):
         return _jax_by_hand(self.jax, model.func, model.args[0], case, chunk, self.array, self.layout)
+
+
+def _channels_last(torch, points):
+    """A copy of NCHW ``points`` in channels-last strides, even for one channel (where
+    ``.contiguous(memory_format=...)`` keeps the NCHW strides, and oneDNN then takes NCHW)."""
+    n, c, h, w = points.shape
+    return torch.empty_strided(points.shape, (c * h * w, 1, w * c, c), device=points.device).copy_(points)
 
 
 def _torch_by_hand(torch, fn, case: Case, array: Callable, chunk: int, layout: Callable | None, sync: Callable):
