@@ -29,11 +29,15 @@ Rows of a group (each made by a small function below, registered in ``ROWS``):
   of a call that no model can take away;
 - ``by-hand``: expected gradients written directly in the framework, as a user would
   write them without a library: per chunk of whole rows, gather the baseline rows of
-  gradshap's draws (so the same estimate, to rounding), interpolate, the VJP, multiply by
-  ``x - baseline`` and average per row; compiled per chunk where the floor is (jax.jit,
-  tf.function), in the best chunk size (and variant) of a sweep as the floor's. It gives
-  the estimate only: no standard error, base value or completeness check. Its ratio to
-  the floor is what the estimator's own arithmetic costs, written plainly;
+  gradshap's draws, interpolate, the VJP, multiply by ``x - baseline`` and average per
+  row; compiled per chunk where the floor is (jax.jit, tf.function), in the best chunk
+  size (and variant) of a sweep as the floor's. It gives the estimate only: no standard
+  error, base value or completeness check. Where every background row is drawn equally
+  often (the MLP: 2 samples each) it is gradshap's estimate, to rounding; where the counts
+  differ by one (the CNN: 200 samples over 64 rows, 8 rows drawn 4 times and 56 rows 3
+  times) gradshap weights every background row alike, and the plain mean weights the 8
+  rows a third more. Its ratio to the floor is what the estimator's own arithmetic costs,
+  written plainly;
 - ``captum``: captum's ``GradientShap`` at the same number of samples (torch);
 - ``shap``: shap's ``GradientExplainer`` at the same number of samples (torch, TF).
 

@@ -73,8 +73,9 @@ def test_quick_bench_rows_ran_and_agree(quick_report):
             assert "memory" not in row
         assert rows[(group, "gradshap-bigbg")]["background_rows"] == 1000
         assert rows[(group, "gradshap-linear")]["linear_model"] is True
-    # The by-hand rows make gradshap's draws: the same estimate, up to float32 rounding,
-    # in every group that ran (TensorFlow and Keras too, where installed).
+    # The by-hand rows make gradshap's draws (16 samples over 100 background rows, each
+    # drawn at most once): the same estimate, up to float32 rounding, in every group that
+    # ran (TensorFlow and Keras too, where installed).
     by_hand = [r for r in report["rows"] if r["row"] == "by-hand" and "median_s" in r]
     assert {"torch", "jax"} <= {r["group"] for r in by_hand}
     for row in by_hand:
@@ -87,8 +88,9 @@ def test_quick_bench_rows_ran_and_agree(quick_report):
 @pytest.mark.parametrize("chunk", [48, 1000])
 def test_by_hand_row_computes_gradshaps_estimate_on_the_cnn(group_name, chunk):
     """The by-hand runner (gather, interpolate, VJP, multiply, mean per row) on gradshap's
-    draws at seed 0 gives gradshap's values; at 48 points per chunk, 16 samples make
-    chunks of 3 rows, and 5 rows pad the last chunk."""
+    draws at seed 0 gives gradshap's values: 16 samples over 64 background rows draw each
+    row at most once, so gradshap's weights are the plain mean's. At 48 points per chunk,
+    16 samples make chunks of 3 rows, and 5 rows pad the last chunk."""
     import_or_fail(group_name)
     import bench
     import workloads
