@@ -5,10 +5,11 @@ subprocess, so frameworks never share a process, a thread pool or an allocator. 
 group the rows are timed interleaved (round r runs every row once), so that load from
 elsewhere on the machine hits every row alike; each row's first call is a warm-up whose
 extra time (JAX compile, tf.function trace) is reported apart. Where runs are short (the
-MLP: 5-20 ms), the floor and gradshap rows (and gradshap-bigbg, gradshap-linear) then run
-further rounds, interleaved, until each has ``--min-time`` seconds of runs (2 s; at most
-100 rounds): their ratio is what the targets are about, and five runs of it under other
-load read 1.15x in one full run and 1.44x in the next.
+MLP: 5-20 ms), the floor and gradshap rows (and gradshap-bigbg) then run further rounds,
+interleaved, until each has ``--min-time`` seconds of runs (2 s; at most 100 rounds),
+with gradshap-linear and by-hand in the same rounds: their ratio is what the targets are
+about, and five runs of it under other load read 1.15x in one full run and 1.44x in the
+next.
 
 Rows of a group (each made by a small function below, registered in ``ROWS``):
 
@@ -551,8 +552,8 @@ def row_floor(group: Group, model, case: Case, opts: dict):
 
 
 def row_by_hand(group: Group, model, case: Case, opts: dict):
-    """Expected gradients written by hand in the framework, in the best (chunk, variant) of
-    the floor's sweep (:func:`_swept`)."""
+    """Expected gradients written by hand in the framework, at the best of the floor's
+    candidates (chunk, variant) in a sweep of its own (:func:`_swept`)."""
     return _swept(case, opts, group.floor_variants(case.wl),
                   lambda chunk, variant: group.by_hand_runner(model, case, chunk, variant))
 
@@ -820,7 +821,8 @@ def worker_time(spec: dict) -> dict:
                 if rname == "gradshap":
                     info[rname]["values"] = _values_summary(group, value, group.layout)
                 elif rname == "by-hand" and "values" in info.get("gradshap", {}):
-                    # The same draws: the same estimate, up to float32 rounding.
+                    # The same draws: the same estimate, to float32 rounding, where every
+                    # background row is drawn equally often (the module doc says where not).
                     info[rname]["max_abs_diff_vs_gradshap"] = float(np.max(np.abs(
                         _values_summary(group, value, group.layout) - info["gradshap"]["values"])))
                 runners[rname] = run
