@@ -312,14 +312,16 @@ def _torch_by_hand(torch, fn, case: Case, array: Callable, chunk: int, layout: C
     return run
 
 
-def _row_chunks(case: Case, chunk: int, arrays: tuple) -> list:
-    """Per chunk of ``max(1, chunk // samples)`` rows (the last padded with the first rows,
-    so that every chunk has one shape), ``arrays`` (NumPy, one row or one row's samples
-    per leading index) cut alike."""
+def _row_chunks(case: Case, chunk: int, layout: str, convert: Callable) -> list:
+    """The compiled by-hand rows' arguments: per chunk of ``max(1, chunk // samples)`` rows
+    (the last padded with the first rows, so that every chunk has one shape), the rows of
+    ``case.x`` in ``layout``, their draws' indices and alphas ``(k, S)`` and cotangents
+    ``(k, S, K)``, each passed through ``convert``."""
     n, s = case.index.shape
     k = max(1, chunk // s)
     rows = np.arange(-(-n // k) * k) % n
-    return [tuple(np.ascontiguousarray(v[rows[r0 : r0 + k]]) for v in arrays) for r0 in range(0, len(rows), k)]
+    arrays = (workloads.to_layout(case.x, layout), case.index, case.alpha, case.cot.reshape(n, s, -1))
+    return [tuple(convert(np.ascontiguousarray(v[rows[r0 : r0 + k]])) for v in arrays) for r0 in range(0, len(rows), k)]
 
 
 def _jax_by_hand(jax, apply, params, case: Case, chunk: int, array: Callable, layout: str):
@@ -338,9 +340,7 @@ def _jax_by_hand(jax, apply, params, case: Case, chunk: int, array: Callable, la
         (grads,) = pullback(cot.reshape(k * s, n_out))
         return (diff * grads.reshape(diff.shape)).mean(axis=1)
 
-    x = workloads.to_layout(case.x, layout)
-    cots = case.cot.reshape(case.n_rows, case.n_samples, n_out)
-    chunks = [tuple(array(v) for v in c) for c in _row_chunks(case, chunk, (x, case.index, case.alpha, cots))]
+    chunks = _row_chunks(case, chunk, layout, array)
 
     def run():
         out = [step(params, *c) for c in chunks]
@@ -369,9 +369,7 @@ def _tf_by_hand(tf, fn, case: Case, chunk: int, xla: bool):
         grads = tape.gradient(out, points, output_gradients=tf.reshape(cot, [k * s, n_out]))
         return tf.reduce_mean(diff * tf.reshape(grads, tf.shape(diff)), axis=1)
 
-    x = workloads.to_layout(case.x, "NHWC")
-    cots = case.cot.reshape(case.n_rows, case.n_samples, n_out)
-    chunks = [tuple(tf.constant(v) for v in c) for c in _row_chunks(case, chunk, (x, case.index, case.alpha, cots))]
+    chunks = _row_chunks(case, chunk, "NHWC", tf.constant)
 
     def run():
         return tf.concat([step(*c) for c in chunks], axis=0)[: case.n_rows].numpy()
@@ -521,9 +519,7 @@ class KerasGroup(Group):
                 return model.stateless_call(*params, points, training=False)[0]
 
             return _jax_by_hand(self.inner.jax, apply, params, case, chunk, self.inner.array, self.layout)
-        torch = self.inner.torch
-        return _torch_by_hand(torch, call, case, lambda a: torch.from_numpy(workloads.to_layout(a, self.layout)),
-                              chunk, None, lambda: None)
+        return _torch_by_hand(self.inner.torch, call, case, self.array, chunk, None, lambda: None)
 
 
 def make_group(name: str) -> Group:

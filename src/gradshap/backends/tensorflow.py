@@ -247,9 +247,15 @@ class TensorFlowAdapter(Adapter):
         points = tuple(points)
         # Checked out here, not in the trace, where TensorFlow would rewrite the message.
         out = single_output(self._forward(points))
+        self._decide_xla(points)
+        return out
+
+    def _decide_xla(self, points: tuple) -> bool:
+        """Whether the steps compile with XLA, decided once from the model's forward graph
+        at ``points`` (see the module doc); a model that fails to trace raises here."""
         if self._xla is None:
             self._xla = _xla_pays(self._tf, points, self._forward.get_concrete_function(points).graph)
-        return out
+        return self._xla
 
     def value_and_grad(self, points: tuple, cotangent):
         return self._value_and_grad(tuple(points), cotangent)
@@ -313,14 +319,11 @@ class TensorFlowAdapter(Adapter):
     def row_loop(self, points: tuple) -> Callable | None:
         # Where the step compiles with XLA (see the module doc), a loop over chunks inside
         # one compiled program; elsewhere (a GPU, convolutions) one step per chunk.
-        if self._xla is None:
-            points = tuple(points)
-            try:
-                graph = self._forward.get_concrete_function(points).graph
-            except Exception:  # the model's own error: the per-chunk path raises it where it says more
-                return None
-            self._xla = _xla_pays(self._tf, points, graph)
-        return self._map_rows if self._xla else None
+        try:
+            xla = self._decide_xla(tuple(points))
+        except Exception:  # the model's own error: the per-chunk path raises it where it says more
+            return None
+        return self._map_rows if xla else None
 
     def compose(self, fn: Callable) -> "TensorFlowAdapter":
         adapter = TensorFlowAdapter(self.model, fn, self._call_model)
