@@ -4,9 +4,9 @@ One engine, written against the Python array API, on thin framework adapters. Im
 gradshap imports no deep-learning framework.
 """
 
-from gradshap._engine import expected_gradients as expected_gradients
 from gradshap import reference as reference
 from gradshap._explainer import GradientExplainer as GradientExplainer
+from gradshap._explainer import expected_gradients as expected_gradients
 from gradshap._groups import Group as Group
 from gradshap._groups import GroupedExplanation as GroupedExplanation
 from gradshap._groups import confusion_labels as confusion_labels

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from gradshap import _engine, _validation, backends
+from gradshap.backends import Adapter
 from gradshap.explanation import Explanation
 
-__all__ = ["GradientExplainer"]
+__all__ = ["GradientExplainer", "expected_gradients"]
 
 
 class GradientExplainer:
@@ -45,6 +46,7 @@ class GradientExplainer:
         self._background = _validation.as_inputs(background, "background")
         self._xp = _validation.namespace_of(self._background, "background")
         self.adapter = backends.make(model, framework, self._background)
+        self._compose = _engine.composer(self.adapter)  # a callable target's adapter, kept here
         self.framework = self.adapter.name
         self.model = model
         self.batch_size = None if batch_size is None else _validation.check_positive_int(batch_size, "batch_size")
@@ -107,7 +109,7 @@ class GradientExplainer:
         result = _engine.run(
             self.adapter, xs, self._background, target=target, n_samples=n_samples,
             sampler=sampler, stdevs=stdevs, seed=seed, batch_size=self.batch_size,
-            progress=progress, xp=xp, rtol=rtol, max_samples=max_samples,
+            progress=progress, xp=xp, rtol=rtol, max_samples=max_samples, compose=self._compose,
         )
         return Explanation.from_result(
             result, data=x, many_inputs=isinstance(x, (tuple, list)), feature_names=self.feature_names
@@ -115,3 +117,96 @@ class GradientExplainer:
 
     def __repr__(self) -> str:
         return f"GradientExplainer(framework={self.framework!r}, batch_size={self.batch_size})"
+
+
+class _FunctionAdapter(Adapter):
+    """A user's ``value_and_grad(points) -> (outputs, gradients)`` of a scalar function."""
+
+    name = "function"
+
+    def __init__(self, value_and_grad: Callable, n_inputs: int):
+        self._fn = value_and_grad
+        self._n_inputs = n_inputs
+
+    def _call(self, points: tuple):
+        out, grads = self._fn(points if self._n_inputs > 1 else points[0])
+        return out, grads if isinstance(grads, tuple) else (grads,)
+
+    def forward(self, points: tuple):
+        return self._call(points)[0]
+
+    def value_and_grad(self, points: tuple, cotangent):
+        return self._call(points)
+
+    def compose(self, fn: Callable):
+        msg = (
+            "a callable `target` cannot be composed with a plain `value_and_grad`; select the "
+            "output inside value_and_grad, or use gradshap.GradientExplainer"
+        )
+        raise TypeError(msg)
+
+
+def expected_gradients(
+    value_and_grad: Callable,
+    x: Any,
+    background: Any,
+    *,
+    target: Any = None,
+    n_samples: int = 200,
+    sampler: str = "auto",
+    stdevs: float = 0.0,
+    seed: Any = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    xp: Any = None,
+    rtol: float | None = None,
+    max_samples: int | None = None,
+):
+    """Expected Gradients for any differentiable function, in any array-API namespace.
+
+    Parameters
+    ----------
+    value_and_grad : callable or Adapter
+        ``value_and_grad(points) -> (outputs, gradients)`` for a function with one scalar
+        output per row: ``outputs`` has shape ``(m,)`` and ``gradients`` the shape of
+        ``points`` (a tuple of arrays for a model with several inputs). Rows must be
+        independent (no batch statistics). An adapter from :mod:`gradshap.backends`
+        is also accepted and then supports every kind of ``target``.
+    x, background : array or tuple of arrays
+        Rows to explain, and the background rows whose distribution defines "absent".
+    target : None
+        With a plain ``value_and_grad`` the function is already scalar: leave ``None``.
+    n_samples, sampler, stdevs, seed, batch_size, progress, rtol, max_samples
+        As for :class:`gradshap.GradientExplainer`.
+    xp : array namespace, optional
+        Inferred from ``x`` when not given.
+
+    Returns
+    -------
+    Explanation
+
+    Examples
+    --------
+    >>> import numpy as np, gradshap
+    >>> w = np.array([1.0, -2.0, 0.5])
+    >>> vg = lambda p: (p @ w, np.broadcast_to(w, p.shape))
+    >>> bg = np.zeros((4, 3)); x = np.ones((2, 3))
+    >>> exp = gradshap.expected_gradients(vg, x, bg, n_samples=8, seed=0)
+    >>> np.allclose(exp.values, w * (x - bg.mean(0)))
+    True
+    """
+    xs = _validation.as_inputs(x, "x")
+    bgs = _validation.as_inputs(background, "background")
+    adapter = value_and_grad if isinstance(value_and_grad, Adapter) else _FunctionAdapter(value_and_grad, len(xs))
+    if not isinstance(value_and_grad, Adapter) and target is not None:
+        msg = (
+            "`target` must be None with a plain `value_and_grad`, which already returns one "
+            f"scalar per row; got {target!r}. Select the output inside value_and_grad, or use "
+            "gradshap.GradientExplainer"
+        )
+        raise ValueError(msg)
+    result = _engine.run(
+        adapter, xs, bgs, target=target, n_samples=n_samples, sampler=sampler, stdevs=stdevs,
+        seed=seed, batch_size=batch_size, progress=progress, xp=xp, rtol=rtol, max_samples=max_samples,
+    )
+    return Explanation.from_result(result, data=x, many_inputs=isinstance(x, (tuple, list)))

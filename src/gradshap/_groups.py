@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from gradshap.explanation import Explanation, to_numpy
+from gradshap._arrays import to_numpy
+
+if TYPE_CHECKING:  # annotations only: explanation.py imports this module
+    from gradshap.explanation import Explanation
 
 __all__ = ["CONFUSION", "Group", "GroupedExplanation", "confusion_labels", "z_value"]
 

@@ -59,11 +59,15 @@ class IntegratedGradients:
         self._framework = framework
         self.batch_size = None if batch_size is None else _validation.check_positive_int(batch_size, "batch_size")
         self.feature_names = None if feature_names is None else list(feature_names)
-        self.adapter = None
+        self.adapter = self._compose = None
         if baseline is not None:
             arrays = _validation.as_inputs(baseline, "baseline")
             _validation.namespace_of(arrays, "baseline")
-            self.adapter = backends.make(model, framework, arrays)
+            self._made(backends.make(model, framework, arrays))
+
+    def _made(self, adapter) -> None:
+        self.adapter = adapter
+        self._compose = _engine.composer(adapter)  # a callable target's adapter, kept here
 
     @property
     def framework(self) -> str | None:
@@ -138,12 +142,12 @@ class IntegratedGradients:
         xp = _validation.namespace_of(xs, "x")
         baselines, per_row = self._baselines(xp, xs)
         if self.adapter is None:  # no baseline given: the framework is known from the first x
-            self.adapter = backends.make(self.model, self._framework, xs)
+            self._made(backends.make(self.model, self._framework, xs))
         adapter = self.adapter
         design = _sampling.rule_design(method, n_steps, paired=per_row)
         result = _engine.run(
             adapter, xs, baselines, target=target, n_samples=n_steps, sampler=design,
-            batch_size=self.batch_size, progress=progress, xp=xp, seed=0,
+            batch_size=self.batch_size, progress=progress, xp=xp, seed=0, compose=self._compose,
         )
         return Explanation.from_result(
             result, data=x, many_inputs=isinstance(x, (tuple, list)), feature_names=self.feature_names

@@ -36,6 +36,17 @@ class Selection:
 
 def as_matrix(xp, out, n_rows: int, what: str = "the model's output"):
     """Model outputs as ``(n, K)``: ``(n,)`` and ``(n, K)`` are accepted."""
+    if isinstance(out, (dict, list, tuple)):
+        kind, first = type(out).__name__, (repr(next(iter(out), "name")) if isinstance(out, dict) else "0")
+        names = f" (keys {', '.join(map(repr, out))})" if isinstance(out, dict) else ""
+        msg = (
+            f"{what} is a {kind} of {len(out)} outputs{names}; gradshap explains one array of outputs: "
+            f"select one with a callable `target`, e.g. target=lambda outputs: outputs[{first}][:, 0]"
+        )
+        raise TypeError(msg)
+    if not hasattr(out, "ndim"):
+        msg = f"{what} is a {type_name(out)}; expected an array of shape ({n_rows},) or ({n_rows}, n_outputs)"
+        raise TypeError(msg)
     if out.ndim == 1 and out.shape[0] == n_rows:
         return xp.reshape(out, (n_rows, 1))
     if out.ndim == 2 and out.shape[0] == n_rows:

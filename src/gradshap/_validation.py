@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
 from typing import Any
 
-import array_api_compat as aac
 import numpy as np
+
+from gradshap._arrays import as_inputs, device_of, is_lazy, is_tf_tensor, namespace_of, shape_str, to_numpy, type_name
+from gradshap._sampling import EXTENSIBLE
 
 __all__ = [
     "as_inputs",
     "all_finite",
+    "check_adaptive",
     "check_arrays",
     "check_positive_int",
     "check_nonnegative_float",
@@ -20,76 +22,11 @@ __all__ = [
     "is_lazy",
     "is_tf_tensor",
     "namespace_of",
+    "nonfinite_rows",
+    "shape_str",
+    "to_numpy",
+    "type_name",
 ]
-
-
-def shape_str(shape: tuple) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def type_name(obj: Any) -> str:
-    t = type(obj)
-    return f"{t.__module__}.{t.__qualname__}" if t.__module__ != "builtins" else t.__qualname__
-
-
-def as_inputs(value: Any, name: str) -> tuple:
-    """A model's input(s) as a tuple: one array, or a tuple/list of arrays for several inputs."""
-    if isinstance(value, (tuple, list)):
-        if len(value) == 0:
-            msg = f"`{name}` is an empty {type(value).__name__}; expected an array or a tuple of arrays"
-            raise ValueError(msg)
-        return tuple(value)
-    return (value,)
-
-
-def is_lazy(a: Any) -> bool:
-    """True for arrays whose values are not known yet (JAX tracers, inside ``jax.jit``):
-    skip value checks.
-
-    Not ``array_api_compat.is_lazy_array``, which says True for every JAX array, concrete
-    ones included: it would let NaN inputs and out-of-range targets through unchecked.
-    """
-    jax_core = sys.modules.get("jax.core")
-    return jax_core is not None and isinstance(a, jax_core.Tracer)
-
-
-def device_of(xp, a: Any):
-    """The device of ``a``; namespaces array-api-compat does not cover (TensorFlow) say it."""
-    return aac.device(a) if aac.is_array_api_obj(a) else xp.device(a)
-
-
-def namespace_of(arrays: tuple, name: str):
-    """The array namespace of ``arrays``, with a clear error for non-arrays."""
-    for k, a in enumerate(arrays):
-        if not aac.is_array_api_obj(a) and not is_tf_tensor(a):
-            where = f"`{name}`" if len(arrays) == 1 else f"`{name}[{k}]`"
-            msg = (
-                f"{where} must be an array of the model's framework (numpy.ndarray, "
-                f"torch.Tensor, jax.Array, tf.Tensor); got {type_name(a)}"
-            )
-            raise TypeError(msg)
-    kinds = sorted({type_name(a) for a in arrays})
-    msg = (
-        f"`x` and `background` must be arrays of one framework (the model's); got "
-        f"{', '.join(kinds)}. gradshap never converts silently: convert them to one type"
-    )
-    tf_flags = [is_tf_tensor(a) for a in arrays]
-    if any(tf_flags):
-        if not all(tf_flags):
-            raise TypeError(msg)
-        from gradshap.backends import tensorflow as tf_backend
-
-        return tf_backend.namespace()
-    try:
-        return aac.array_namespace(*arrays)
-    except TypeError as err:
-        raise TypeError(msg) from err
-
-
-def is_tf_tensor(a: Any) -> bool:
-    """True for a ``tf.Tensor`` or ``tf.Variable`` (array-api-compat does not cover TensorFlow)."""
-    tf = sys.modules.get("tensorflow")
-    return tf is not None and isinstance(a, (tf.Tensor, tf.Variable))
 
 
 def _floating(xp, dtype) -> bool:
@@ -185,8 +122,6 @@ def nonfinite_rows(xp, arrays) -> str:
         bad = rows if bad is None else (bad | rows)
     if not bool(xp.any(bad)):
         return ""
-    from gradshap.explanation import to_numpy
-
     rows = np.flatnonzero(to_numpy(bad))  # one host copy, on the error path only
     return ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")
 
@@ -209,3 +144,29 @@ def check_nonnegative_float(value: Any, name: str) -> float:
         msg = f"`{name}` must be a finite number >= 0; got {value}"
         raise ValueError(msg)
     return float(value)
+
+
+def check_adaptive(rtol, max_samples, n_samples: int, design) -> tuple[float | None, int]:
+    """Validated ``rtol`` and the most blocks of ``n_samples`` the adaptive mode may use."""
+    if rtol is None:
+        if max_samples is not None:
+            msg = f"`max_samples` applies only with `rtol` (adaptive mode); got max_samples={max_samples!r} and rtol=None"
+            raise ValueError(msg)
+        return None, 1
+    rtol = check_nonnegative_float(rtol, "rtol")
+    if rtol == 0:
+        msg = "`rtol` must be > 0 (a relative tolerance on the standard error); got 0"
+        raise ValueError(msg)
+    if not design.extensible:
+        msg = (
+            f"`rtol` (adaptive mode) needs a sampler that can add samples; {design.name!r} is a fixed rule. "
+            f"Use sampler='auto' or one of {', '.join(map(repr, EXTENSIBLE))}"
+        )
+        raise ValueError(msg)
+    if max_samples is None:
+        max_samples = 32 * n_samples
+    max_samples = check_positive_int(max_samples, "max_samples")
+    if max_samples < n_samples:
+        msg = f"`max_samples` must be >= `n_samples` ({n_samples}), the first round; got {max_samples}"
+        raise ValueError(msg)
+    return rtol, max_samples // n_samples

@@ -11,27 +11,15 @@ from typing import Any, Sequence
 import array_api_compat as aac
 import numpy as np
 
+from gradshap._arrays import to_numpy
+from gradshap._groups import GroupedExplanation
+
 __all__ = ["Explanation", "to_numpy"]
 
 #: Fields that hold one entry per row (arrays, or tuples of arrays for several inputs).
 _ROW_FIELDS = ("values", "base_values", "output", "delta", "stderr", "data")
 _FORMAT = "gradshap.Explanation"
 _FORMAT_VERSION = 1
-
-
-def to_numpy(a: Any) -> Any:
-    """A NumPy copy of an array of any framework (tuples map elementwise)."""
-    if a is None:
-        return None
-    if isinstance(a, (tuple, list)):
-        return tuple(to_numpy(v) for v in a)
-    if isinstance(a, np.ndarray):
-        return a
-    if aac.is_torch_array(a):
-        return a.detach().cpu().numpy()
-    if hasattr(a, "numpy") and not aac.is_array_api_obj(a):  # tf.Tensor
-        return a.numpy()
-    return np.asarray(a)
 
 
 def _describe_samples(n_samples: Any) -> str:
@@ -265,8 +253,6 @@ class Explanation:
             Explanation, ``mean``, ``stderr`` (standard error of the mean across the
             group's rows), ``low``/``high`` (the interval) and ``mc_stderr``.
         """
-        from gradshap._groups import GroupedExplanation
-
         return GroupedExplanation(self, labels, order=order, level=level)
 
     # -------------------------------------------------------------- shap interop

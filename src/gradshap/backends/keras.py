@@ -27,8 +27,8 @@ from typing import Any, Callable
 import numpy as np
 
 from gradshap.backends import Adapter, require
-from gradshap.backends.jax import JaxAdapter, fuse_jitted, row_loop, vjp_of
-from gradshap.backends.tensorflow import TensorFlowAdapter, single_output
+from gradshap.backends.jax import compile_jitted, vjp_of
+from gradshap.backends.tensorflow import TensorFlowAdapter
 from gradshap.backends.torch import TorchAdapter
 
 
@@ -42,9 +42,9 @@ def _pack(points):
 
 
 class _KerasJax(Adapter):
-    name = "keras"
-    pads = True
-    eager_compiles = True
+    """``stateless_call`` under ``jax.jit``, the variables as arguments."""
+
+    compiles = True
 
     def __init__(self, model: Any, output_fn: Callable | None = None):
         jax = require("jax")
@@ -57,15 +57,12 @@ class _KerasJax(Adapter):
 
         def call(variables, points):
             out, _ = model.stateless_call(*variables, _pack(points), **kwargs)
-            return single_output(out if output_fn is None else output_fn(out))
+            return out if output_fn is None else output_fn(out)
 
-        value_and_grad = vjp_of(call)
+        self._raw_value_and_grad = vjp_of(call)
         self._forward = jax.jit(call)
-        self._call = call
-        self._loops: dict = {}
-        self._raw_value_and_grad = value_and_grad
-        self._value_and_grad = jax.jit(value_and_grad)
-        self._fused: dict = {}
+        self._value_and_grad = jax.jit(self._raw_value_and_grad)
+        self._compiled: dict = {}
 
     def _variables(self):
         m = self.model
@@ -78,44 +75,32 @@ class _KerasJax(Adapter):
         out, grads = self._value_and_grad(self._variables(), tuple(points), cotangent)
         return out, tuple(grads)
 
-    step_array = JaxAdapter.step_array
-    split_rows = JaxAdapter.split_rows
-    wait = JaxAdapter.wait
-
-    def fuse(self, step: Callable) -> Callable:
-        return fuse_jitted(self._fused, step, self._raw_value_and_grad, self._variables)
-
-    def row_loop(self, points: tuple) -> Callable | None:
-        return row_loop(self._loops, self._call, self._variables(), points)
+    def compile(self, fn: Callable) -> Callable:
+        if fn not in self._compiled:
+            self._compiled[fn] = compile_jitted(fn, self._raw_value_and_grad, self._variables)
+        return self._compiled[fn]
 
     def compose(self, fn: Callable) -> "_KerasJax":
         return _KerasJax(self.model, fn)
 
 
 class _KerasTorch(TorchAdapter):
-    name = "keras"
-
     def _call(self, points: tuple):
         out = self.model(_pack(points), training=False)
-        return single_output(out if self.output_fn is None else self.output_fn(out))
+        return out if self.output_fn is None else self.output_fn(out)
 
     def compose(self, fn: Callable) -> "_KerasTorch":
         return _KerasTorch(self.model, fn)
 
 
-def _keras_tensorflow(model: Any):
-    adapter = TensorFlowAdapter(model, call=lambda points: model(_pack(points), training=False))
-    adapter.name = "keras"
-    return adapter
-
-
 class KerasAdapter(Adapter):
-    """The backend's adapter, taking NumPy arrays too (converted in, and back out)."""
+    """The backend's adapter, taking NumPy arrays too: the engine then runs eagerly in NumPy
+    (its ``xp`` is not this one's) and each VJP converts in and back out."""
 
     name = "keras"
 
     def __init__(self, inner: Adapter):
-        self.inner, self.xp, self.pads, self.eager_compiles = inner, inner.xp, inner.pads, inner.eager_compiles
+        self.inner, self.xp, self.compiles = inner, inner.xp, inner.compiles
         self._ops = require("keras").ops
 
     def _native(self, points: tuple) -> tuple:
@@ -145,28 +130,14 @@ class KerasAdapter(Adapter):
         out, grads = self.inner.value_and_grad(points, cotangent)
         return self._out(host, out), tuple(self._out(host, g) for g in grads)
 
-    def fuse(self, step: Callable) -> Callable:
-        # The backend's step (compiled whole on JAX and TensorFlow) for its own tensors;
-        # NumPy in runs eagerly, converting at the VJP as value_and_grad does.
-        fused, eager = self.inner.fuse(step), super().fuse(step)
-        return lambda xp, *arrays: fused(xp, *arrays) if xp is self.xp else eager(xp, *arrays)
-
-    def row_loop(self, points: tuple) -> Callable | None:
-        return self.inner.row_loop(points)
-
-    def wait(self, arrays) -> None:
-        self.inner.wait(arrays)
-
-    def step_array(self, xp, a, *, dtype=None, device=None):
-        owner = self.inner if xp is self.xp else super()
-        return owner.step_array(xp, a, dtype=dtype, device=device)
-
-    def split_rows(self, xp, a, sizes: list) -> list:
-        owner = self.inner if xp is self.xp else super()
-        return owner.split_rows(xp, a, sizes)
+    def compile(self, fn: Callable) -> Callable:
+        return self.inner.compile(fn)
 
     def compose(self, fn: Callable) -> "KerasAdapter":
         return KerasAdapter(self.inner.compose(fn))
+
+    def is_out_of_memory(self, err: BaseException) -> bool:
+        return self.inner.is_out_of_memory(err)
 
     @contextlib.contextmanager
     def session(self):
@@ -224,6 +195,6 @@ def make(model: Any) -> Adapter:
     if backend == "torch":
         return KerasAdapter(_KerasTorch(model))
     if backend == "tensorflow":
-        return KerasAdapter(_keras_tensorflow(model))
+        return KerasAdapter(TensorFlowAdapter(model, call=lambda points: model(_pack(points), training=False)))
     msg = f"Keras backend {backend!r} is not supported; use tensorflow, jax or torch"
     raise NotImplementedError(msg)
