@@ -17,27 +17,27 @@ def test_chunks_hold_at_most_batch_size_and_cover_every_sample_once(n_samples, c
     t = _tiling.plan(n_samples, columns, batch_size)
     assert t.rows >= 1 and t.passes >= 1 and t.width >= 1
     assert t.points <= batch_size
-    # Every (pass, column) slot of the layout lies in exactly one tile.
+    # Every sample (pass j // columns of column j % columns) lies in exactly one tile.
     total = -(-n_samples // columns)
-    covered = np.zeros((total, columns), dtype=int)
-    for p0 in t.pass_starts:
-        for c0 in t.column_starts:
-            covered[p0 : p0 + t.passes, c0 : c0 + t.width] += 1
-    assert np.all(covered == 1)
-    # Padding (slots past the layout) is less than one tile's worth in each direction.
-    assert t.pass_starts[-1] < total <= t.pass_starts[-1] + t.passes
+    covered = np.zeros(((total + t.passes) * columns + t.width) * 2, dtype=int)
+    for group, p0 in t.tiles:
+        c0 = t.column_starts[group]
+        for p in range(p0, p0 + t.passes):
+            for c in range(c0, c0 + t.width):
+                if c < columns:
+                    covered[p * columns + c] += 1
+    assert np.all(covered[:n_samples] == 1)
     assert t.column_starts[-1] < columns <= t.column_starts[-1] + t.width
 
 
-@pytest.mark.parametrize(("n_samples", "columns"), [(200, 1), (200, 100), (1000, 100), (4096, 1), (300, 200)])
+@pytest.mark.parametrize(("n_samples", "columns"), [(200, 1), (200, 100), (200, 64), (1000, 100), (4096, 1), (300, 200)])
 @pytest.mark.parametrize("batch_size", [334, 2048, 8192])
 def test_chunks_are_nearly_full_of_useful_points_for_many_rows(n_samples, columns, batch_size):
-    """With many rows, nearly every point computed is a slot of the layout (``passes x
-    columns``; where the last pass is partial its empty slots are padding too): memory
-    and time are spent on the work, not on the tiling's padding."""
+    """With many rows, nearly every point computed is a sample: memory and time are spent
+    on the work, not on padding."""
     t = _tiling.plan(n_samples, columns, batch_size)
-    useful = -(-n_samples // columns) * columns * t.rows  # the layout's slots of one row group
-    computed = len(t.pass_starts) * len(t.column_starts) * t.points
+    useful = n_samples * t.rows  # the samples of one row group
+    computed = len(t.tiles) * t.points
     assert useful >= 0.8 * computed
     assert t.points >= 0.75 * batch_size
 

@@ -192,10 +192,10 @@ class _Stats:
         self.weight = [np.zeros(tiling.width) for _ in tiling.column_starts]
         self.mean: list = [None] * len(tiling.column_starts)
         self.m2: list = [None] * len(tiling.column_starts)
-        self.nodes: list = [None] * len(tiling.pass_starts)
+        self.nodes: dict = {}  # first pass of a tile -> per input the sums over columns per pass
 
-    def add(self, group: int, tile: int, weight: np.ndarray, means: list, m2s: list, sums: list) -> None:
-        """A tile's statistics (column group ``group``, pass tile ``tile``, column weights ``weight``)."""
+    def add(self, group: int, p0: int, weight: np.ndarray, means: list, m2s: list, sums: list) -> None:
+        """A tile's statistics (column group ``group``, first pass ``p0``, column weights ``weight``)."""
         old = self.weight[group]
         if self.mean[group] is None:
             self.mean[group], self.m2[group] = means, m2s
@@ -207,8 +207,8 @@ class _Stats:
                                                               share, cross)
         self.weight[group] = old + weight
         if sums:
-            kept = self.nodes[tile]
-            self.nodes[tile] = sums if kept is None else [a + b for a, b in zip(kept, sums)]
+            kept = self.nodes.get(p0)
+            self.nodes[p0] = sums if kept is None else [a + b for a, b in zip(kept, sums)]
 
     def keep(self, xp, positions) -> None:
         """Only the rows at ``positions`` (a device index array) from now on."""
@@ -236,7 +236,7 @@ class _Stats:
                 ratio = float(a[0] / b[0])
                 c_m2 = ratio * _ratio(1.0, w) / g**2
                 if g > 1:
-                    nodes = self.nodes
+                    nodes = [self.nodes[p0] for p0 in sorted(self.nodes)]
                     c_nodes = ratio * (1.0 - 1.0 / g) * d.rules[int(d.counts[0])][1]
             elif single and np.any(multi):
                 # A column of one sample borrows the mean per-sample variance of the others
@@ -261,7 +261,7 @@ def _grid(design: _sampling.Design, tiling: _tiling.Tiling, key: int, ids: np.nd
     tiles: background rows, alphas, and the weights ``(passes, columns)`` (0 for padding)."""
     g, n0 = design.columns, design.n_samples
     index, alpha, weight = _sampling.draw(design, key, ids, block, 0, n0)
-    passes = tiling.pass_starts[-1] + tiling.passes
+    passes = max(p0 for _, p0 in tiling.tiles) + tiling.passes
     width = tiling.column_starts[-1] + tiling.width
     out = []
     for a, fill in ((index, 0), (alpha, 0.5), (weight[None, :], 0.0)):
@@ -309,7 +309,6 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
     feat = [tuple(a.shape[1:]) for a in x]
     sizes = [math.prod(f) for f in feat]
     n0 = design.n_samples
-    k_run = _tiling.rows_per_chunk(tiling, n, compiled=compiled)
     step, merge, estimate = compile(_chunk), compile(_merge), compile(_estimate)
     per_column = design.fixed_baselines and stdevs == 0
     nodes = design.kind == "rule" and design.columns > 1
@@ -332,16 +331,16 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
 
     def padded(m: int) -> np.ndarray:
         """Positions of ``m`` rows in a chunk: repeated up to the chunk's rows where it compiles."""
-        return np.arange(k_run if compiled else m) % m
+        return np.arange(_tiling.rows_per_chunk(tiling, m, compiled=compiled)) % m
 
     # An eager CPU framework writes each group's results into host arrays: small result
     # arrays kept alive between chunks fragment the C heap (torch's MLP: peak memory grew
     # 1.9x at 4x rows; 1.1x with these). Compiling adapters keep results on the device.
-    on_host = "cpu" in str(device).lower() and not compiled and n > k_run
+    on_host = "cpu" in str(device).lower() and not compiled and n > tiling.rows
     buffers = [[np.empty((n, s), dtype=np_acc) for s in sizes] for _ in range(2)] if on_host else None
     parts, used, met = [], np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
-    for r0 in range(0, n, k_run):
-        active = np.arange(r0, min(n, r0 + k_run))
+    for r0 in range(0, n, tiling.rows):
+        active = np.arange(r0, min(n, r0 + tiling.rows))
         ids = active[padded(active.size)]
         *x_rows, cot = rows_of(ids)
         stats = _Stats(xp, design, tiling, host, merge, estimate)
@@ -349,21 +348,21 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
         while True:
             for block in range(blocks, blocks + new):
                 index, alpha, weight = _grid(design, tiling, key, ids, block)
-                for group, c0 in enumerate(tiling.column_starts):
-                    for tile, p0 in enumerate(tiling.pass_starts):
-                        cut = (slice(p0, p0 + tiling.passes), slice(c0, c0 + tiling.width))
-                        w = weight[cut]
-                        noise = None
-                        if stdevs > 0:
-                            noise = [host(z) for z in _noise(design, tiling, key, ids, block, p0, c0, sizes, stdevs)]
-                        means, m2s, sums = step(
-                            xp, x_rows, background, cot, host(index[(slice(None), *cut)], xp.int64),
-                            host(alpha[(slice(None), *cut)]), host(w[None, :, :, None]),
-                            host(_ratio(1.0, np.sum(w, axis=0))[None, :, None]), noise,
-                            per_column=per_column, nodes=nodes)
-                        stats.add(group, tile, np.sum(w, axis=0), means, m2s, sums)
-                        if bar is not None:
-                            bar.update(active.size * int(np.count_nonzero(w)))
+                for group, p0 in tiling.tiles:
+                    c0 = tiling.column_starts[group]
+                    cut = (slice(p0, p0 + tiling.passes), slice(c0, c0 + tiling.width))
+                    w = weight[cut]
+                    noise = None
+                    if stdevs > 0:
+                        noise = [host(z) for z in _noise(design, tiling, key, ids, block, p0, c0, sizes, stdevs)]
+                    means, m2s, sums = step(
+                        xp, x_rows, background, cot, host(index[(slice(None), *cut)], xp.int64),
+                        host(alpha[(slice(None), *cut)]), host(w[None, :, :, None]),
+                        host(_ratio(1.0, np.sum(w, axis=0))[None, :, None]), noise,
+                        per_column=per_column, nodes=nodes)
+                    stats.add(group, p0, np.sum(w, axis=0), means, m2s, sums)
+                    if bar is not None:
+                        bar.update(active.size * int(np.count_nonzero(w)))
             blocks += new
             values, var = stats.finish(xp, blocks)
             ok = np.ones(active.size, dtype=bool)

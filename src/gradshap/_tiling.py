@@ -41,17 +41,19 @@ def default_batch_size(feature_size: int, *, device=None, compiled: bool = False
 
 @dataclass(frozen=True)
 class Tiling:
-    """A chunk of ``rows x passes x width`` points, and where its tiles start.
+    """Chunks of ``rows x passes x width`` points, and the tiles of the layout they cover.
 
-    ``pass_starts``: the first pass of each tile of passes (the last tile may reach past
-    the layout's passes: those weigh 0); ``column_starts``: likewise for the columns.
+    ``column_starts``: the first column of each group of ``width`` columns (the last group
+    may reach past the layout's columns: those weigh 0). ``tiles``: ``(group, first
+    pass)`` of every tile, each ``passes`` passes of one column group; a group's last tile
+    may reach past its columns' passes (those slots weigh 0).
     """
 
     rows: int
     passes: int
     width: int
-    pass_starts: tuple
     column_starts: tuple
+    tiles: tuple
 
     @property
     def points(self) -> int:
@@ -61,28 +63,34 @@ class Tiling:
 def plan(n_samples: int, columns: int, batch_size: int) -> Tiling:
     """The tiling of a block of ``n_samples`` samples laid over ``columns`` columns.
 
-    Columns go in equal groups of at most ``batch_size``, and passes in equal tiles; the
-    rows fill the rest of the chunk. Taken: the most useful points per chunk (padding
-    excluded) and, near that, the fewest tiles per row (each costs a merge).
+    With ``n_samples = q * columns + r`` the first ``r`` columns hold ``q + 1`` samples and
+    the others ``q``. Columns go in equal groups of at most ``batch_size``, each group's
+    passes in tiles of equal size; the rows fill the rest of the chunk. Taken: the most
+    samples per point computed (padding excluded) and, near that, the fewest tiles per
+    row (each costs a merge).
     """
-    total = -(-n_samples // columns)
+    q, r = divmod(n_samples, columns)
     options = []
     least_groups = -(-columns // batch_size)
     for groups in range(least_groups, min(columns, least_groups + 8) + 1):
         width = -(-columns // groups)
-        least_tiles = -(-total // (batch_size // width))
-        for tiles in range(least_tiles, min(total, least_tiles + 32) + 1):
-            passes = -(-total // tiles)
+        counts = [q + (c0 < r) for c0 in range(0, columns, width)]  # passes of each group
+        least_tiles = -(-max(counts) // (batch_size // width))
+        for tiles in range(least_tiles, min(max(counts), least_tiles + 32) + 1):
+            passes = -(-max(counts) // tiles)
             rows = max(1, batch_size // (passes * width))
-            options.append((rows * total * columns / (tiles * groups), groups * tiles, rows, passes, width))
+            made = sum(-(-c // passes) for c in counts)
+            options.append((rows * n_samples / made, made, rows, passes, width, counts))
     top = max(o[0] for o in options)
-    _, _, rows, passes, width = min((o for o in options if o[0] >= _NEAR_BEST * top), key=lambda o: o[1])
-    return Tiling(rows, passes, width, tuple(range(0, total, passes)), tuple(range(0, columns, width)))
+    _, _, rows, passes, width, counts = min((o for o in options if o[0] >= _NEAR_BEST * top), key=lambda o: o[1])
+    tiles = tuple((group, p0) for group, count in enumerate(counts) for p0 in range(0, count, passes))
+    return Tiling(rows, passes, width, tuple(range(0, columns, width)), tiles)
 
 
 def rows_per_chunk(tiling: Tiling, n_rows: int, *, compiled: bool) -> int:
-    """The rows a chunk holds for a call of ``n_rows`` rows: the plan's, or fewer for a
-    small call; a compiling adapter rounds that up to a power of two (few shapes)."""
+    """The rows a chunk holds for a group of ``n_rows`` rows: the plan's, or fewer for the
+    last rows of a call; a compiling adapter rounds those up to a power of two, so that
+    any row count runs chunks of a few shapes only (the plan's, 1, 2, 4, 8, ...)."""
     if n_rows >= tiling.rows:
         return tiling.rows
     return min(tiling.rows, 1 << (n_rows - 1).bit_length()) if compiled else n_rows
