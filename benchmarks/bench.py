@@ -574,11 +574,11 @@ def _swept(case: Case, opts: dict, variants: tuple, make: Callable):
         for chunk in chunks:
             name = f"{chunk}{'/' + variant if variant else ''}"
             run = runs[name] = make(chunk, variant)
-            warmups[name] = _timed(run)[0]  # compile / warm-up
+            warmups[name] = _timed(run, _clock(opts))[0]  # compile / warm-up
     times: dict = {name: [] for name in runs}
     for _ in range(opts["sweep_repeats"]):
         for name, run in runs.items():
-            times[name].append(_timed(run)[0])
+            times[name].append(_timed(run, _clock(opts))[0])
     sweep = {name: min(t) for name, t in times.items()}
     ranked = sorted(sweep, key=sweep.get)
     # "warmups": each candidate's first call (compile, trace), reported as the floor's warm-up.
@@ -616,11 +616,12 @@ def _gradshap_row(group: Group, model, case: Case, opts: dict, background: np.nd
     try:
         explainer = gradshap.GradientExplainer(model, group.array(background), framework=group.gradshap_framework)
         run = _gradshap_runner(group, explainer, x, case, case.n_samples, fresh_seeds=opts.get("fresh_seeds", False))
-        first = _timed(run)[0]  # the first call: JAX compile, tf.function trace
+        first = _timed(run, _clock(opts))[0]  # the first call: JAX compile, tf.function trace
         # Then one call with a row fewer: a row count whose compiled shapes, unless the
         # engine reuses those of the first call's count, are compiled or traced anew.
         fewer = len(case.x) - 1
-        new_count_s = _timed(_gradshap_runner(group, explainer, group.array(case.x[:fewer]), case, case.n_samples))[0] \
+        new_count_s = _timed(_gradshap_runner(group, explainer, group.array(case.x[:fewer]), case, case.n_samples),
+                             _clock(opts))[0] \
             if fewer and new_count else None
     except NotImplementedError as err:
         raise Skip(f"gradshap's {group.gradshap_framework} adapter is not implemented yet ({err})") from err
@@ -644,7 +645,7 @@ def _gradshap_runner(group, explainer, x, case, n_samples, *, fresh_seeds: bool 
 def _batch_size(explainer, case, x) -> int:
     import array_api_compat
 
-    from gradshap import _engine
+    from gradshap import _tiling
 
     if explainer.batch_size is not None:
         return explainer.batch_size
@@ -652,8 +653,8 @@ def _batch_size(explainer, case, x) -> int:
         device = array_api_compat.device(x)
     except TypeError:  # TensorFlow tensors are outside array-api-compat
         device = getattr(x, "device", None)
-    return _engine.default_batch_size(
-        int(np.prod(case.wl.input_shape)), device=device, compiled=explainer.adapter.pads
+    return _tiling.default_batch_size(
+        int(np.prod(case.wl.input_shape)), device=device, compiled=explainer.adapter.compiles
     )
 
 
@@ -725,7 +726,7 @@ def row_shap(group: Group, model, case: Case, opts: dict):
         return np.asarray(values).reshape(case.x.shape) if group.name == "torch" else np.asarray(values)
 
     try:
-        first = _timed(run)[0]
+        first = _timed(run, _clock(opts))[0]
     except Exception as err:  # noqa: BLE001
         raise Skip(f"shap.GradientExplainer failed: {type(err).__name__}: {err}") from err
     return run, {"first_s": first}
@@ -767,10 +768,16 @@ def settle_floor(row: dict, runner_up: str, times: list) -> None:
         row["runner_up"] = {"best": runner_up, "median_s": statistics.median(times)}
 
 
-def _timed(run: Callable) -> tuple[float, Any]:
-    t0 = time.perf_counter()
+def _timed(run: Callable, clock: Callable[[], float] = time.perf_counter) -> tuple[float, Any]:
+    """``run()``'s duration on ``clock`` (seconds), and its value."""
+    t0 = clock()
     value = run()
-    return time.perf_counter() - t0, value
+    return clock() - t0, value
+
+
+def _clock(opts: dict) -> Callable[[], float]:
+    """The clock the rows of a worker are timed on (``opts["clock"]``; see :func:`worker_time`)."""
+    return opts.get("clock", time.perf_counter)
 
 
 def _values_summary(group: Group, values, layout: str) -> np.ndarray:
@@ -780,8 +787,14 @@ def _values_summary(group: Group, values, layout: str) -> np.ndarray:
     return v
 
 
-def worker_time(spec: dict) -> dict:
-    """Time every row of one group on every workload; interleaved repeats."""
+def worker_time(spec: dict, *, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Time every row of one group on every workload; interleaved repeats.
+
+    ``clock``: seconds, read before and after each timed run (and around each row's setup);
+    every duration reported, and so the number of further rounds (``min_time_s``), is
+    measured on it. The bench uses ``time.perf_counter``; the tests pass a fake clock, to
+    get a set number of rounds whatever the machine's load.
+    """
     group = make_group(spec["group"])
     out = {"group": group.name, "workloads": {}}
     for wname in spec["workloads"]:
@@ -791,7 +804,7 @@ def worker_time(spec: dict) -> dict:
         model = group.model(wl)
         if group.name == "tensorflow":
             case.keras_model = wl.build("keras")
-        opts = {"quick": spec["quick"], "sweep_repeats": 1 if spec["quick"] else 3}
+        opts = {"quick": spec["quick"], "sweep_repeats": 1 if spec["quick"] else 3, "clock": clock}
         runners, info, alternates = {}, {}, {}
         row_names = [r for r in spec["rows"] if r != "gradshap-bigbg" or wl.large_background]
         # gradshap first: a Keras group whose adapter is missing has nothing to compare.
@@ -802,15 +815,15 @@ def worker_time(spec: dict) -> dict:
                 continue
             _emit_progress(f"{group.name} {wname}: {rname} (setup)")
             try:
-                t0 = time.perf_counter()
+                t0 = clock()
                 run, details = ROWS[rname](group, model, case, opts)
                 runner_up = details.pop("runner_up", None)
                 # A row that ran its first call itself (to check that it runs, or in a sweep)
                 # says how long it took: that call is the warm-up reported.
                 reported = details.pop("first_s", None)
-                checked, value = _timed(run)
+                checked, value = _timed(run, clock)
                 first = checked if reported is None else reported
-                setup = time.perf_counter() - t0 - checked - (reported or 0.0)
+                setup = clock() - t0 - checked - (reported or 0.0)
                 info[rname] = {"setup_s": setup, "first_s": first, **details, "times": []}
                 if runner_up is not None:
                     alternates[rname] = (runner_up[0], runner_up[1], [])
@@ -833,9 +846,9 @@ def worker_time(spec: dict) -> dict:
         def one_round(names: list, label: str) -> None:
             for rname in names:
                 _emit_progress(f"{group.name} {wname}: {rname} {label}")
-                info[rname]["times"].append(_timed(runners[rname])[0])
+                info[rname]["times"].append(_timed(runners[rname], clock)[0])
                 if rname in alternates:
-                    alternates[rname][2].append(_timed(alternates[rname][1])[0])
+                    alternates[rname][2].append(_timed(alternates[rname][1], clock)[0])
 
         for r in range(spec["repeats"]):
             one_round(list(runners), f"run {r + 1}/{spec['repeats']}")

@@ -2,8 +2,9 @@
 
 No timing is asserted anywhere here: speed is measured by benchmarks/ only. What is
 asserted is that the benchmark runs, writes its three outputs with a row per framework,
-and that the speed paths (channels-last torch inputs, the compiled JAX chunk step, draws
-made for many rows at once) give the numbers the plain paths give.
+and that the speed paths (channels-last torch inputs, the compiled JAX chunk step, any
+batch size) give the numbers the plain paths give. The bench's own timing logic (how many
+rounds it runs) is tested on a fake clock.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -143,27 +145,77 @@ def test_floor_is_the_faster_of_the_sweeps_two_best_in_the_timed_rounds():
     assert row["runner_up"] == {"best": "1024", "median_s": 0.0138}
 
 
-def test_short_floor_and_gradshap_rows_get_further_rounds(tmp_path):
+class _FakeClock:
+    """A clock that stands still except where a run moves it on (see :func:`_slowed`)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _slowed(row: Callable, clock: _FakeClock, seconds: float) -> Callable:
+    """The bench row ``row`` whose runner takes ``seconds`` on ``clock`` per run (and
+    still runs, so the row's checks and values are real)."""
+
+    def make(group, model, case, opts):
+        run, details = row(group, model, case, opts)
+
+        def timed_run():
+            clock.now += seconds
+            return run()
+
+        return timed_run, details
+
+    return make
+
+
+# Seconds per run on the fake clock: powers of two, so every sum is exact.
+_RUN_SECONDS = {"floor": 0.25, "gradshap": 0.5, "gradshap-bigbg": 0.125, "gradshap-linear": 0.0625,
+                "by-hand": 0.03125, "captum": 1.0}
+
+
+@pytest.mark.parametrize(("rows", "min_time_s", "max_extra", "want"), [
+    # gradshap-bigbg is the settling row with the least time per run (0.125 s): 8 runs make
+    # its 1.0 s, exactly the minimum, so 6 further rounds after the 2 repeats and no 7th.
+    # (The floor alone would stop at 4 runs, the longest row at 2; the riding rows at
+    # 0.0625 s and 0.03125 s would ask for 16 and 32.)
+    (tuple(_RUN_SECONDS), 1.0, None, 8),
+    (tuple(_RUN_SECONDS), 1.01, None, 9),
+    # At most MAX_EXTRA_ROUNDS further rounds.
+    (tuple(_RUN_SECONDS), 100.0, 3, 5),
+    # Without a minimum, nothing more runs.
+    (tuple(_RUN_SECONDS), 0.0, None, 2),
+    # Further rounds need the floor and a gradshap row to settle them: the linear-model and
+    # by-hand rows only ride along.
+    (("gradshap", "gradshap-bigbg", "captum"), 1.0, None, 2),
+    (("floor", "gradshap-linear", "by-hand", "captum"), 1.0, None, 2),
+    (("floor", "gradshap", "captum"), 1.0, None, 4),
+])
+def test_short_floor_and_gradshap_rows_get_further_rounds(tmp_path, monkeypatch, rows, min_time_s, max_extra, want):
     """Where runs are short, the floor and gradshap rows (and the large-background row) run
     further rounds, interleaved, until each has ``min_time_s`` of timed runs (at most
     MAX_EXTRA_ROUNDS); the linear-model and by-hand rows run in those rounds too, without
-    setting how many there are; the other rows keep their repeats. Without a minimum, nothing more
-    runs."""
+    setting how many there are; the other rows keep their repeats. Timed on a fake clock
+    on which each row's run takes a set time, so the count of rounds is exact."""
     import_or_fail("torch")
     import bench
 
+    clock = _FakeClock()
+    for name, seconds in _RUN_SECONDS.items():
+        monkeypatch.setitem(bench.ROWS, name, _slowed(bench.ROWS[name], clock, seconds))
+    if max_extra is not None:
+        monkeypatch.setattr(bench, "MAX_EXTRA_ROUNDS", max_extra)
     spec = {"group": "torch", "workloads": ["mlp"], "quick": True, "n_samples": 16, "repeats": 2,
-            "rows": ["floor", "gradshap", "gradshap-bigbg", "gradshap-linear", "by-hand", "captum"],
-            "tmp": str(tmp_path), "memory_inline": False}
-    rows = bench.worker_time({**spec, "min_time_s": 0.02})["workloads"]["mlp"]["rows"]
-    floor, ours, big = rows["floor"]["times"], rows["gradshap"]["times"], rows["gradshap-bigbg"]["times"]
-    assert len(floor) == len(ours) == len(big) == len(rows["gradshap-linear"]["times"]) \
-        == len(rows["by-hand"]["times"]) > 2
-    assert len(rows["captum"]["times"]) == 2
-    assert len(ours) == 2 + bench.MAX_EXTRA_ROUNDS or min(sum(floor), sum(ours), sum(big)) >= 0.02
-    assert min(sum(floor[:-1]), sum(ours[:-1]), sum(big[:-1])) < 0.02  # no round more than needed
-    rows = bench.worker_time({**spec, "min_time_s": 0.0})["workloads"]["mlp"]["rows"]
-    assert len(rows["floor"]["times"]) == len(rows["gradshap"]["times"]) == len(rows["gradshap-bigbg"]["times"]) == 2
+            "rows": list(rows), "tmp": str(tmp_path), "memory_inline": False, "min_time_s": min_time_s}
+    got = bench.worker_time(spec, clock=clock)["workloads"]["mlp"]["rows"]
+    assert set(got) == set(rows)
+    for name in rows:
+        assert "skipped" not in got[name], got[name]["skipped"]
+        runs = 2 if name == "captum" else want
+        assert got[name]["times"] == [_RUN_SECONDS[name]] * runs, name
+        assert got[name]["median_s"] == _RUN_SECONDS[name]
 
 
 def test_bench_rejects_unknown_workload(capsys):
@@ -265,13 +317,8 @@ def test_jax_compiled_step_matches_numpy_reference():
     np.testing.assert_allclose(np.asarray(got.delta), ref.delta, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("draws_per_call", [100, 2**16])
-def test_draws_do_not_depend_on_batch_size(monkeypatch, draws_per_call):
+def test_draws_do_not_depend_on_batch_size():
     import gradshap
-    from gradshap import _engine
-
-    # Small: the host draws a few row blocks at a time; large: all rows in one call.
-    monkeypatch.setattr(_engine, "_DRAWS_PER_CALL", draws_per_call)
 
     rng = np.random.default_rng(6)
     w = rng.standard_normal(3)
@@ -284,46 +331,3 @@ def test_draws_do_not_depend_on_batch_size(monkeypatch, draws_per_call):
     for other in runs[1:]:
         np.testing.assert_allclose(other.values, runs[0].values, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(other.stderr, runs[0].stderr, rtol=1e-9, atol=1e-14)
-
-
-@pytest.mark.parametrize("n_samples", [1, 7, 64, 200, 800, 10**6])
-@pytest.mark.parametrize("batch_size", [1, 3, 48, 167, 334, 4369, 8192])
-def test_chunk_plan_fills_batch_size_for_any_sample_count(n_samples, batch_size):
-    from gradshap import _engine
-
-    k_rows, s_size = _engine._plan(n_samples, batch_size)
-    blocks = -(-n_samples // s_size)
-    assert 1 <= s_size <= min(n_samples, batch_size)
-    assert k_rows * s_size <= batch_size
-    assert (blocks - 1) * s_size < n_samples <= blocks * s_size
-    # Memory is set by batch_size: a chunk is at least 90% full wherever the sizes allow
-    # it (every pair here with batch_size >= 10 has such a split).
-    if batch_size >= 10:
-        assert k_rows * s_size >= 0.9 * batch_size
-
-
-@pytest.mark.parametrize("counts", [(100, 200), (64, 200), (10, 47), (16, 37), (100, 4000), (3, 7)])
-@pytest.mark.parametrize("batch_size", [6, 48, 167, 334, 4369, 8192])
-def test_column_plan_keeps_a_column_in_one_chunk_within_batch_size(counts, batch_size):
-    from gradshap import _engine, _sampling
-
-    design = _sampling.plan("lattice", counts[1], counts[0])
-    if not _engine._uses_columns(design, 0.0, None, batch_size):
-        pytest.skip("a column's samples do not fit one chunk: the general path")
-    sets = tuple((c1 - c0, p) for c0, c1, p in _engine._column_sets(design))
-    assert sum(w * p for w, p in sets) == counts[1]
-    for n_rows in (1, 5, 200, 10**5):
-        k, widths = _engine._column_plan(sets, batch_size, n_rows)
-        assert 1 <= k <= max(1, n_rows)
-        for (width, passes), gc in zip(sets, widths):
-            assert 1 <= gc <= width
-            assert k * passes * gc <= batch_size
-    # With many rows, chunks are nearly full where the column sizes allow it.
-    k, widths = _engine._column_plan(sets, batch_size, 10**5)
-    chunks = sum(-(-w // gc) for (w, _), gc in zip(sets, widths))
-    if batch_size >= 48:
-        assert k * counts[1] >= 0.75 * chunks * batch_size
-    # Few rows: one chunk per set wherever a set fits one.
-    k, widths = _engine._column_plan(sets, batch_size, 1)
-    if all(w * p <= batch_size for w, p in sets):
-        assert widths == tuple(w for w, _ in sets)
