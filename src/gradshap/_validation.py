@@ -92,7 +92,7 @@ def check_arrays(xp, x: tuple, background: tuple, *, finite: bool = True) -> Non
         return
     for k, (xi, bi) in enumerate(zip(x, background)):
         for arr, nm in ((xi, f"`x[{k}]`" if many else "`x`"), (bi, f"`background[{k}]`" if many else "`background`")):
-            shown = nonfinite_rows(xp, (arr,))
+            shown = "" if all_finite(xp, arr) else nonfinite_rows(xp, (arr,))
             if shown:
                 msg = f"{nm} contains NaN or inf in row(s) {shown}; expected finite values"
                 raise ValueError(msg)
