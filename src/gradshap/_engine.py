@@ -178,17 +178,47 @@ def _ratio(num, den) -> np.ndarray:
     return out
 
 
+def _error_model(design: _sampling.Design, w: np.ndarray, blocks: int) -> tuple[list, dict]:
+    """The factors of :func:`_estimate` (``c_m2``, ``c_between``, ``w_center`` per column,
+    ``c_nodes`` per node) and its static flags, for a design whose columns hold the
+    weights ``w`` after ``blocks`` blocks. The one place each design's error model lives."""
+    g = design.columns
+    zero, c_nodes, nodes, infinite = np.zeros(g), np.zeros(1), False, False
+    if design.kind == "replicates":  # the spread between independent replicates
+        return [zero, np.full(g, 1.0 / max(1, g * (g - 1))), np.full(g, 1.0 / g), c_nodes], \
+            {"between": True, "nodes": False, "infinite": g < 2}
+    a, b, a_single = design.column_constants(blocks)
+    multi = design.counts * blocks >= 2
+    c_m2, c_between, center = np.where(multi, _ratio(a, b * w), 0.0) / g**2, zero, zero
+    single = 6.0 * float(np.sum(a_single[~multi])) / g**2
+    if design.kind == "rule" and np.all(multi):
+        # A rule shared by all columns errs alike in each on the part of the integrand common
+        # to all background rows (the mean over columns at each node): that part does not
+        # average out; the rest is taken as independent between columns.
+        ratio = float(a[0] / b[0])
+        c_m2 = ratio * _ratio(1.0, w) / g**2
+        nodes = g > 1
+        c_nodes = ratio * (1.0 - 1.0 / g) * design.rules[int(design.counts[0])][1]
+    elif single and np.any(multi):
+        # A column of one sample borrows the mean per-sample variance of the others (the
+        # spread / (6 B) of a column: see _quadrature).
+        c_m2 = c_m2 + single * np.where(multi, _ratio(1.0, 6.0 * b * w), 0.0) / np.count_nonzero(multi)
+    elif single:
+        # No column of two: the spread of all samples about their mean (between columns too)
+        # stands in, an overestimate.
+        n = float(np.sum(design.counts * blocks))
+        scale = single * n / max(n - 1.0, 1.0) / np.sum(w)
+        c_m2, c_between, center, infinite = np.full(g, scale), scale * w, w / np.sum(w), n < 2
+    return [c_m2, c_between, center, c_nodes], {"between": bool(np.any(c_between)), "nodes": nodes,
+                                                "infinite": bool(infinite)}
+
+
 class _Stats:
-    """Weighted mean and spread per (row, column, feature) of one group of rows.
+    """Weighted mean and spread per (row, column, feature) of one group of rows, kept per
+    group of columns; the weights are the same for every row and stay on the host."""
 
-    Kept per group of columns (the tiles' ``width``); the weights are the same for every
-    row and stay on the host. :meth:`finish` applies the design's error model.
-    """
-
-    def __init__(self, xp, design: _sampling.Design, tiling: _tiling.Tiling, host: Callable, merge: Callable,
-                 estimate: Callable):
-        self.xp, self.design, self.tiling = xp, design, tiling
-        self.host, self._merge, self._estimate = host, merge, estimate
+    def __init__(self, xp, tiling: _tiling.Tiling, host: Callable, merge: Callable):
+        self.xp, self.host, self._merge = xp, host, merge
         self.weight = [np.zeros(tiling.width) for _ in tiling.column_starts]
         self.mean: list = [None] * len(tiling.column_starts)
         self.m2: list = [None] * len(tiling.column_starts)
@@ -210,67 +240,26 @@ class _Stats:
             kept = self.nodes.get(p0)
             self.nodes[p0] = sums if kept is None else [a + b for a, b in zip(kept, sums)]
 
-    def keep(self, xp, positions) -> None:
-        """Only the rows at ``positions`` (a device index array) from now on."""
+    def keep(self, positions) -> None:
+        """Only the rows at ``positions`` (an index array) from now on."""
+        xp = self.xp
         self.mean = [[xp.take(a, positions, axis=0) for a in grp] for grp in self.mean]
         self.m2 = [[xp.take(a, positions, axis=0) for a in grp] for grp in self.m2]
-
-    def finish(self, xp, blocks: int) -> tuple[list, list]:
-        """The estimate and its variance per input ``(k, F)``, after ``blocks`` blocks."""
-        d, g = self.design, self.design.columns
-        w = np.concatenate(self.weight)[:g]
-        zero = np.zeros(g)
-        col = lambda v: self.host(np.reshape(np.zeros(g) + v, (1, g, 1)))  # noqa: E731
-        nodes, c_nodes, infinite = None, np.zeros(1), False
-        if d.kind == "replicates":  # the spread between independent replicates
-            c_m2, c_between, center, infinite = zero, np.full(g, 1.0 / max(1, g * (g - 1))), np.full(g, 1.0 / g), g < 2
-        else:
-            a, b, a_single = d.column_constants(blocks)
-            multi = d.counts * blocks >= 2
-            c_m2, c_between, center = np.where(multi, _ratio(a, b * w), 0.0) / g**2, zero, zero
-            single = 6.0 * float(np.sum(a_single[~multi])) / g**2
-            if d.kind == "rule" and np.all(multi):
-                # A rule shared by all columns errs alike in each on the part of the integrand
-                # common to all background rows (the mean over columns at each node): that part
-                # does not average out; the rest is taken as independent between columns.
-                ratio = float(a[0] / b[0])
-                c_m2 = ratio * _ratio(1.0, w) / g**2
-                if g > 1:
-                    nodes = [self.nodes[p0] for p0 in sorted(self.nodes)]
-                    c_nodes = ratio * (1.0 - 1.0 / g) * d.rules[int(d.counts[0])][1]
-            elif single and np.any(multi):
-                # A column of one sample borrows the mean per-sample variance of the others
-                # (the spread / (6 B) of a column: see _quadrature).
-                c_m2 = c_m2 + single * np.where(multi, _ratio(1.0, 6.0 * b * w), 0.0) / np.count_nonzero(multi)
-            elif single:
-                # No column of two: the spread of all samples about their mean (between
-                # columns too) stands in, an overestimate.
-                n = float(np.sum(d.counts * blocks))
-                scale = single * n / max(n - 1.0, 1.0) / np.sum(w)
-                c_m2, c_between, center, infinite = np.full(g, scale), scale * w, w / np.sum(w), n < 2
-        return self._estimate(xp, self.mean, self.m2, nodes, col(c_m2), col(c_between), col(center),
-                              self.host(np.reshape(c_nodes, (1, -1, 1))), columns=g, passes=-(-d.n_samples // g),
-                              between=bool(np.any(c_between)), infinite=bool(infinite))
 
 
 # --------------------------------------------------------------------------- draws
 
 
-def _grid(design: _sampling.Design, tiling: _tiling.Tiling, key: int, ids: np.ndarray, block: int):
-    """A block's draws for rows ``ids`` laid out as ``(k, passes, columns)``, padded to whole
-    tiles: background rows, alphas, and the weights ``(passes, columns)`` (0 for padding)."""
+def _layout(a: np.ndarray, design: _sampling.Design, tiling: _tiling.Tiling, fill) -> np.ndarray:
+    """Per-sample values ``(k, n_samples)`` laid out as ``(k, passes, columns)`` (sample ``j``
+    at pass ``j // columns``, column ``j % columns``), ``fill`` past them up to whole tiles."""
     g, n0 = design.columns, design.n_samples
-    index, alpha, weight = _sampling.draw(design, key, ids, block, 0, n0)
     passes = max(p0 for _, p0 in tiling.tiles) + tiling.passes
-    width = tiling.column_starts[-1] + tiling.width
-    out = []
-    for a, fill in ((index, 0), (alpha, 0.5), (weight[None, :], 0.0)):
-        full = np.full((a.shape[0], passes * g), fill, dtype=a.dtype)
-        full[:, :n0] = a
-        grid = np.full((a.shape[0], passes, width), fill, dtype=a.dtype)
-        grid[:, :, :g] = np.reshape(full, (-1, passes, g))
-        out.append(grid)
-    return out[0], out[1], out[2][0]
+    full = np.full((a.shape[0], passes * g), fill, dtype=a.dtype)
+    full[:, :n0] = a
+    grid = np.full((a.shape[0], passes, tiling.column_starts[-1] + tiling.width), fill, dtype=a.dtype)
+    grid[:, :, :g] = np.reshape(full, (-1, passes, g))
+    return grid
 
 
 def _noise(design: _sampling.Design, tiling: _tiling.Tiling, key: int, ids: np.ndarray, block: int, p0: int,
@@ -311,7 +300,7 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
     n0 = design.n_samples
     step, merge, estimate = compile(_chunk), compile(_merge), compile(_estimate)
     per_column = design.fixed_baselines and stdevs == 0
-    nodes = design.kind == "rule" and design.columns > 1
+    nodes = design.kind == "rule" and design.columns > 1  # the error model reads the sums per node
 
     np_acc = np.float64 if xp.finfo(acc).bits == 64 else np.float32
 
@@ -333,6 +322,27 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
         """Positions of ``m`` rows in a chunk: repeated up to the chunk's rows where it compiles."""
         return np.arange(_tiling.rows_per_chunk(tiling, m, compiled=compiled)) % m
 
+    # What depends on the layout only, made once per call: each tile's weights (the same
+    # for every row), and per number of blocks the error model's factors.
+    weight = _layout(design.weights(0, n0)[None, :], design, tiling, 0.0)[0]
+    tiles = []
+    for group, p0 in tiling.tiles:
+        c0 = tiling.column_starts[group]
+        cut = (slice(p0, p0 + tiling.passes), slice(c0, c0 + tiling.width))
+        w = weight[cut]
+        tiles.append((group, p0, cut, np.sum(w, axis=0), int(np.count_nonzero(w)), host(w[None, :, :, None]),
+                      host(_ratio(1.0, np.sum(w, axis=0))[None, :, None])))
+    models: dict = {}
+
+    def estimate_of(stats: _Stats, blocks: int):
+        if blocks not in models:
+            factors, static = _error_model(design, np.concatenate(stats.weight)[: design.columns], blocks)
+            models[blocks] = [host(np.reshape(f, (1, -1, 1))) for f in factors], static
+        factors, static = models[blocks]
+        sums = [stats.nodes[p0] for p0 in sorted(stats.nodes)] if static["nodes"] else None
+        return estimate(xp, stats.mean, stats.m2, sums, *factors, columns=design.columns,
+                        passes=-(-n0 // design.columns), between=static["between"], infinite=static["infinite"])
+
     # An eager CPU framework writes each group's results into host arrays: small result
     # arrays kept alive between chunks fragment the C heap (torch's MLP: peak memory grew
     # 1.9x at 4x rows; 1.1x with these). Compiling adapters keep results on the device.
@@ -343,28 +353,25 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
         active = np.arange(r0, min(n, r0 + tiling.rows))
         ids = active[padded(active.size)]
         *x_rows, cot = rows_of(ids)
-        stats = _Stats(xp, design, tiling, host, merge, estimate)
+        stats = _Stats(xp, tiling, host, merge)
         blocks, new = 0, 1
         while True:
             for block in range(blocks, blocks + new):
-                index, alpha, weight = _grid(design, tiling, key, ids, block)
-                for group, p0 in tiling.tiles:
-                    c0 = tiling.column_starts[group]
-                    cut = (slice(p0, p0 + tiling.passes), slice(c0, c0 + tiling.width))
-                    w = weight[cut]
+                index, alpha, _ = _sampling.draw(design, key, ids, block, 0, n0)
+                index, alpha = _layout(index, design, tiling, 0), _layout(alpha, design, tiling, 0.5)
+                for group, p0, cut, w_column, count, w, inv_w in tiles:
                     noise = None
                     if stdevs > 0:
+                        c0 = tiling.column_starts[group]
                         noise = [host(z) for z in _noise(design, tiling, key, ids, block, p0, c0, sizes, stdevs)]
-                    means, m2s, sums = step(
-                        xp, x_rows, background, cot, host(index[(slice(None), *cut)], xp.int64),
-                        host(alpha[(slice(None), *cut)]), host(w[None, :, :, None]),
-                        host(_ratio(1.0, np.sum(w, axis=0))[None, :, None]), noise,
-                        per_column=per_column, nodes=nodes)
-                    stats.add(group, p0, np.sum(w, axis=0), means, m2s, sums)
+                    means, m2s, sums = step(xp, x_rows, background, cot, host(index[(slice(None), *cut)], xp.int64),
+                                            host(alpha[(slice(None), *cut)]), w, inv_w, noise,
+                                            per_column=per_column, nodes=nodes)
+                    stats.add(group, p0, w_column, means, m2s, sums)
                     if bar is not None:
-                        bar.update(active.size * int(np.count_nonzero(w)))
+                        bar.update(active.size * count)
             blocks += new
-            values, var = stats.finish(xp, blocks)
+            values, var = estimate_of(stats, blocks)
             ok = np.ones(active.size, dtype=bool)
             if rtol is not None:
                 ok = _converged(xp, values, var, gap, active, rtol, stdevs)
@@ -383,7 +390,7 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
             active, new = active[keep], blocks  # double the samples of the rows still going
             positions = keep[padded(keep.size)]
             ids = ids[positions]
-            stats.keep(xp, host(positions, xp.int64))
+            stats.keep(host(positions, xp.int64))
             *x_rows, cot = rows_of(ids)
     if buffers is not None:
         return [[xp.asarray(b, device=device) for b in buffer] for buffer in buffers] + [used, met]
