@@ -83,11 +83,18 @@ _STREAM_SOBOL = 1 << 20  # replicate rho uses 4 streams from _STREAM_SOBOL + 4 *
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
-    z = z ^ (z >> np.uint64(30))
-    z = z * _M1
-    z = z ^ (z >> np.uint64(27))
-    z = z * _M2
-    return z ^ (z >> np.uint64(31))
+    if not isinstance(z, np.ndarray) or z.ndim == 0:
+        z = z ^ (z >> np.uint64(30))
+        z = z * _M1
+        z = z ^ (z >> np.uint64(27))
+        z = z * _M2
+        return z ^ (z >> np.uint64(31))
+    z = z ^ (z >> np.uint64(30))  # a new array; then in place, one buffer for all steps
+    z *= _M1
+    z ^= z >> np.uint64(27)
+    z *= _M2
+    z ^= z >> np.uint64(31)
+    return z
 
 
 def seed_key(seed: int | np.random.Generator | None) -> int:
@@ -329,7 +336,11 @@ def draw(design: Design, key: int, rows: np.ndarray, block: int, start: int, sto
     # the block, so blocks 0..2^t-1 together form a lattice of 2^t m_c points.
     shift = _stratified_shifts(key, rows, design.columns)
     m = design.counts[c].astype(np.float64)
-    alpha = np.mod(p + _radical_inverse(block) + shift[:, c], m) / m
+    # ``mod(a, m)`` for ``0 <= a < m + 1``: one subtraction where ``a >= m`` (exact there), not
+    # NumPy's slow float mod.
+    alpha = p + _radical_inverse(block) + shift[:, c]
+    np.subtract(alpha, m, out=alpha, where=alpha >= m)
+    alpha /= m
     return index, alpha, weights
 
 
