@@ -1,4 +1,5 @@
-"""Strict numerics and the framework fixtures shared by the whole suite."""
+"""Strict numerics and the fixtures shared by the whole suite: one ``backend`` fixture for the
+tests that run in every framework, and the compile-count check of the compiling adapters."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-FRAMEWORKS = ("numpy", "torch", "jax")
+#: The frameworks of the ``backend`` fixture (Keras runs per backend in tests/test_keras_*.py).
+FRAMEWORKS = ("numpy", "torch", "jax", "tensorflow")
 
 
 def import_or_fail(name: str):
@@ -40,33 +42,51 @@ def rng():
     return np.random.default_rng(20261121)
 
 
-def assert_one_trace_per_chunk_shape(explainer, x, traces, *, framework: str) -> None:
-    """``traces()``: how often the model has been traced so far (0 before the first call).
+@pytest.fixture(params=FRAMEWORKS)
+def backend(request):
+    """One framework's arrays and models (:class:`models.Backend`), for every framework of
+    :data:`FRAMEWORKS`; a test picks some with
+    ``@pytest.mark.parametrize("backend", [...], indirect=True)``."""
+    from models import Backend
 
-    7 rows x 10 samples at batch_size 24: 10 samples over 8 background rows give no
-    column two samples, so the general path, with chunks of 2 samples (part of a pass) for
-    12 rows; the 7 rows pad to 8 (:func:`_engine._few_rows`): chunks of 16 points. One
-    forward trace (x and the background together, 15 rows, padded to 16) and one of the
-    chunk step; a repeat call traces nothing. 20 samples over the 8 background rows take
-    the column step: 4 columns of 3 samples and 4 of 2, chunks of 2 rows x 3 passes x 4
-    columns (24 points) and 2 rows x 2 x 4 (16 points).
+    return Backend(request.param)
 
-    - ``"jax"``: the column step runs as whole programs (:meth:`Adapter.row_loop`), and
-      the call traces six times: the check for primitives slow in loops, the outputs'
-      program, and the rows' programs of two piece sizes, each with one loop body per
-      chunk shape: the first row group's 2 rows, then 4 rows, then the last row padded
-      to 2 with a copy (:func:`_engine._program_rows`), which runs the first piece's
-      programs. 8 in all.
-    - ``"tensorflow"``: programs too, but the model inside the steps is a function of its
-      own, traced once per shape of points across all steps and programs: of the two
-      chunk shapes only the 24 points are new (the first call's chunks held 16). 3 in all.
+
+def assert_compiles_once_per_chunk_shape(make_explainer, x, traces) -> None:
+    """A compiling adapter compiles the model once per shape of its points, and a call's
+    points take few shapes, whatever the number of rows.
+
+    ``make_explainer()``: a fresh explainer on a background of 10 rows at ``batch_size=40``;
+    ``x``: at least 80 rows; ``traces()``: how often the model's Python function has run so
+    far, which on a compiling framework is once per trace. The calls take 20 samples a row.
+    A forward pass runs at most 40 rows, a shorter one padded with copies of its rows to a
+    power of two; the chunk steps run the plan's rows, and the last rows of a call
+    likewise padded to a power of two (docs/architecture.md). So, with bounds that follow
+    from that and not from the plan:
+
+    - a fresh explainer's first call on one row traces at most three shapes: the forward
+      pass over ``x``, the one over the background, and one chunk step;
+    - a fresh explainer's first call on 40 rows, at most four: the two forward passes, and
+      the chunk steps of the plan's rows and of the last rows;
+    - the same call again traces nothing;
+    - calls on each row count from 1 to 45 together trace at most 14 shapes: forward
+      passes of 40 rows or of a power of two up to 32 (7), and chunk steps of the plan's
+      rows or of a power of two below them (at most 7); then calls on other row counts,
+      up to 80, with other seeds, trace nothing new.
     """
-    explainer(x, n_samples=10, seed=0)
-    assert traces() == 2
-    explainer(x, n_samples=10, seed=1)
-    assert traces() == 2
-    explainer(x, n_samples=20, seed=0)
-    columns = {"jax": 8, "tensorflow": 3}[framework]
-    assert traces() == columns
-    explainer(x, n_samples=20, seed=1)
-    assert traces() == columns
+    start = traces()
+    make_explainer()(x[:1], n_samples=20, seed=0)
+    assert 1 <= traces() - start <= 3, traces() - start
+    explainer, start = make_explainer(), traces()
+    explainer(x[:40], n_samples=20, seed=0)
+    first = traces() - start
+    assert 1 <= first <= 4, first
+    explainer(x[:40], n_samples=20, seed=0)
+    assert traces() - start == first, "a second identical call traced the model again"
+    for rows in range(1, 46):
+        explainer(x[:rows], n_samples=20, seed=rows)
+    swept = traces() - start
+    assert swept <= 14, f"calls on 1 to 45 rows traced {swept} shapes"
+    for rows, seed in ((80, 1), (75, 2), (41, 3), (33, 4), (7, 5), (2, 6), (1, 7)):
+        explainer(x[:rows], n_samples=20, seed=seed)
+        assert traces() - start == swept, f"a call on {rows} rows traced the model again"

@@ -68,3 +68,108 @@ def jax_mlp(weights):
         return h
 
     return f
+
+
+def tf_mlp(weights, dtype="float64"):
+    """The tanh MLP as a ``tf.Module``."""
+    tf = import_or_fail("tensorflow")
+
+    class TanhMLP(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = [(tf.Variable(w.astype(dtype)), tf.Variable(b.astype(dtype))) for w, b in weights]
+
+        def __call__(self, x):
+            h = x
+            for i, (w, b) in enumerate(self.layers):
+                h = h @ w + b
+                h = tf.tanh(h) if i < len(self.layers) - 1 else h
+            return h
+
+    return TanhMLP()
+
+
+class Backend:
+    """One framework's arrays and models, for the tests that run in every framework (the
+    ``backend`` fixture of conftest.py). ``numpy`` is the engine's own NumPy path, with
+    models given as ``(f, jacobian)``."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.lib = None if name == "numpy" else import_or_fail(name)
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def array(self, a, dtype: str = "float64"):
+        """``a`` as this framework's array of ``dtype``, on its default device."""
+        a = np.asarray(a, dtype=dtype)
+        if self.name == "torch":
+            return self.lib.from_numpy(a.copy())
+        if self.name == "jax":
+            return self.lib.numpy.asarray(a)
+        if self.name == "tensorflow":
+            return self.lib.constant(a)
+        return a
+
+    @staticmethod
+    def host(a) -> np.ndarray:
+        """A NumPy copy (tuples map elementwise)."""
+        from gradshap._arrays import to_numpy
+
+        return to_numpy(a)
+
+    def device(self, a) -> str:
+        if self.name == "tensorflow":
+            return a.device
+        import array_api_compat as aac
+
+        return str(aac.device(a))
+
+    def linear(self, w: np.ndarray, b: np.ndarray, dtype: str = "float64"):
+        """``x @ w + b`` (``(m, K)`` outputs)."""
+        w, b = np.asarray(w, dtype=dtype), np.asarray(b, dtype=dtype)
+        if self.name == "numpy":
+            def jacobian(p):
+                return np.broadcast_to(w[:, 0], p.shape) if w.shape[1] == 1 else np.broadcast_to(w.T, (p.shape[0], *w.T.shape))
+
+            return (lambda p: p @ w + b), jacobian
+        if self.name == "torch":
+            lin = self.lib.nn.Linear(*w.shape).to(getattr(self.lib, dtype))
+            with self.lib.no_grad():
+                lin.weight.copy_(self.lib.from_numpy(w.T.copy()))
+                lin.bias.copy_(self.lib.from_numpy(b))
+            return lin
+        wa, ba = self.array(w, dtype), self.array(b, dtype)
+        return lambda p: p @ wa + ba
+
+    def mlp(self, weights, dtype: str = "float64"):
+        """The tanh MLP of :func:`mlp_weights` (three outputs)."""
+        if self.name == "numpy":
+            return numpy_mlp(weights)
+        if self.name == "torch":
+            return torch_mlp(weights, dtype)
+        if self.name == "tensorflow":
+            return tf_mlp(weights, dtype)
+        return jax_mlp(weights)
+
+    def explainer(self, model, background, **kwargs):
+        import gradshap
+
+        return gradshap.GradientExplainer(model, background, framework=self.name, **kwargs)
+
+
+def reference_estimate(grad, x: np.ndarray, background: np.ndarray, *, n_samples: int, sampler: str = "auto",
+                       seed=None) -> np.ndarray:
+    """Expected Gradients' estimate written out in NumPy from the engine's own draws
+    (:func:`gradshap._sampling.samples`, row ``r`` of the call being row id ``r``):
+    ``sum_j w_j (x - b_j) * grad(b_j + a_j (x - b_j))``, with ``grad(points) -> (m, d)``
+    the gradient of the scalar explained."""
+    from gradshap import _sampling
+
+    n, d = x.shape
+    index, alpha, w = _sampling.samples(sampler, _sampling.seed_key(seed), np.arange(n), n_samples, len(background))
+    base = background[index]  # (n, s, d)
+    diff = x[:, None, :] - base
+    g = np.reshape(grad(np.reshape(base + alpha[..., None] * diff, (-1, d))), diff.shape)
+    return np.einsum("s,nsd->nd", w, diff * g)

@@ -1,7 +1,12 @@
 """Run the whole suite: the main pytest process, then one process per Keras backend.
 
+The main process deselects the Keras tests (``tests/test_keras_*.py``, marked
+``keras_backend``): Keras picks its backend once per process, so they run again in one
+process per backend with ``KERAS_BACKEND`` set. (Plain ``pytest`` collects them too, on the
+default backend.)
+
 Exits non-zero if any run fails, and also if a run collected no test (pytest's exit code 5),
-so that a filtered or broken run never looks like a pass.
+or if no Keras test file is found, so that a filtered or broken run never looks like a pass.
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ def _pytest(args: list[str], env: dict | None = None) -> int:
 def main(argv: list[str]) -> int:
     failures = 0
     failures += _pytest(["tests", "-m", "not keras_backend", *argv]) != 0
-    keras_tests = sorted((ROOT / "tests").glob("keras_*.py"))
-    if keras_tests:
+    keras_tests = sorted((ROOT / "tests").glob("test_keras_*.py"))
+    if not keras_tests:
+        print("no tests/test_keras_*.py found: treated as a failure", flush=True)
+        failures += 1
+    else:
         for backend in KERAS_BACKENDS:
             failures += _pytest(
-                [*map(str, keras_tests), "-p", "no:cacheprovider", *argv],
+                [*(str(p.relative_to(ROOT)) for p in keras_tests), "-p", "no:cacheprovider", *argv],
                 env={"KERAS_BACKEND": backend},
             ) != 0
     print("all test runs passed" if failures == 0 else f"{failures} test run(s) failed", flush=True)

@@ -3,7 +3,7 @@ every framework, explained with one seed, must give the same attributions.
 
 The weights and inputs are made with NumPy from a fixed seed; the reference is PyTorch in
 float32. This file checks torch (against an analytic identity), JAX and a tf.Module;
-tests/keras_conformance.py checks Keras on each of its backends, one process per backend,
+tests/test_keras_conformance.py checks Keras on each of its backends, one process per backend,
 against the same reference built from these helpers.
 
 Layouts: torch convolutions are NCHW, everything else here NHWC. The torch CNN takes

@@ -204,24 +204,23 @@ def test_integrated_gradients_is_expected_gradients_with_one_background_row(rng)
 # --------------------------------------------------------------------------- frameworks
 
 
-@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
-def test_per_row_baselines_on_compiling_frameworks_at_a_row_count_they_would_pad(rng, framework):
-    """JAX and TensorFlow pad a call's rows to a few counts (5 rows run as 6 elsewhere);
-    per-row baselines pair row r with baseline row r, so those calls are not padded and
-    give each row the integral against its own baseline, with its own base value."""
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"], indirect=True)
+def test_per_row_baselines_on_compiling_frameworks_at_a_row_count_they_would_pad(rng, backend):
+    """JAX and TensorFlow run a short group of rows padded with copies of its rows; per-row
+    baselines pair row r with baseline row r (a copy with its row's baseline): each row
+    gets the integral against its own baseline, with its own base value."""
     d = 4
     x, b = rng.normal(size=(5, d)), rng.normal(size=(5, d))
     expected = np.stack([_product_ig(row, base) for row, base in zip(x, b)])
-    if framework == "jax":
-        jnp = pytest.importorskip("jax").numpy
-        model, arr = (lambda p: jnp.prod(p, axis=1)), jnp.asarray
+    if backend.name == "jax":
+        model = lambda p: backend.lib.numpy.prod(p, axis=1)  # noqa: E731
     else:
-        tf = pytest.importorskip("tensorflow")
-        model, arr = (lambda p: tf.reduce_prod(p, axis=1)), tf.constant
+        model = lambda p: backend.lib.reduce_prod(p, axis=1)  # noqa: E731
+    arr = backend.array
     exp = gradshap.IntegratedGradients(model, arr(b))(arr(x), n_steps=2)
-    np.testing.assert_allclose(np.asarray(exp.values), expected, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(np.asarray(exp.base_values), np.prod(b, axis=1), rtol=1e-12)
-    np.testing.assert_allclose(np.asarray(exp.output), np.prod(x, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(backend.host(exp.values), expected, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(backend.host(exp.base_values), np.prod(b, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(backend.host(exp.output), np.prod(x, axis=1), rtol=1e-12)
 
 
 def test_torch_and_jax_models_give_the_analytic_integral(rng):
@@ -263,3 +262,33 @@ def test_several_targets_and_inputs(rng):
     exp = gradshap.IntegratedGradients((f, jac), framework="numpy")(x, target=[0, 1], n_steps=3)
     assert exp.values.shape == (4, 3, 2)
     np.testing.assert_allclose(exp.values[..., 1], w[:, 1] * x, rtol=1e-13)
+
+
+def _square_sum(backend):
+    """``f(a) = sum(a**2)`` in ``backend``: its exact Integrated Gradients from ``b`` are ``x**2 - b**2``."""
+    if backend.name == "numpy":
+        return (lambda a: (a * a).sum(1)), (lambda a: 2.0 * a)
+    if backend.name == "tensorflow":
+        return lambda a: backend.lib.reduce_sum(a * a, axis=1)
+    return lambda a: (a * a).sum(1)
+
+
+@pytest.mark.parametrize("shared_first", [True, False], ids=["shared-then-per-row", "per-row-then-shared"])
+def test_shared_and_per_row_baselines_one_after_the_other(backend, shared_first):
+    """One shared baseline, then one baseline per row (and the reverse order), on new
+    explainers of the same class: each call integrates from its own baselines. (Draws kept
+    between calls once gave the per-row call the shared baseline's numbers, and the
+    reverse order an IndexError.)"""
+    x = np.array([[1.5, 2.0, 3.0], [3.4, 1.2, 2.0]])
+    baselines = np.array([[1.0, 1.0, 1.0], [-2.0, 0.5, 3.0]])
+    f = _square_sum(backend)
+    shared_b = baselines[:1]
+    calls = [(shared_b, x**2 - shared_b**2), (baselines, x**2 - baselines**2)]
+    for b, want in calls if shared_first else calls[::-1]:
+        exp = gradshap.IntegratedGradients(f, backend.array(b), framework=backend.name)(backend.array(x), n_steps=8)
+        np.testing.assert_allclose(backend.host(exp.values), want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(backend.host(exp.base_values), np.broadcast_to((b**2).sum(1), (2,)), rtol=1e-12)
+        np.testing.assert_allclose(backend.host(exp.delta), 0.0, atol=1e-12)
+    per_row = gradshap.IntegratedGradients(f, backend.array(baselines), framework=backend.name)(
+        backend.array(x), n_steps=8)
+    np.testing.assert_allclose(backend.host(per_row.values)[1], [7.56, 1.19, -5.0], rtol=1e-12)

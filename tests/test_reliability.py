@@ -27,7 +27,9 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_numbers(rng):
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return self.net(p)
 
-    bg, x = torch.as_tensor(rng.normal(size=(6, 4))), torch.as_tensor(rng.normal(size=(5, 4)))
+    # 40 rows x 10 samples: enough rows that a chunk holds as many points as batch_size
+    # allows, more than the device's 16 until batch_size is 16.
+    bg, x = torch.as_tensor(rng.normal(size=(6, 4))), torch.as_tensor(rng.normal(size=(40, 4)))
     with pytest.warns(ResourceWarning, match=r"retrying with batch_size=(32|16)") as record:
         exp = gradshap.GradientExplainer(SmallDevice(), bg, batch_size=64)(x, n_samples=10, seed=1)
     assert [str(w.message)[-2:] for w in record] == ["32", "16"]

@@ -70,21 +70,27 @@ class Tripwire:
 def interrupt_at_chunk(adapter, chunk: int) -> dict:
     """Make ``adapter`` raise KeyboardInterrupt when the engine asks for chunk ``chunk``
     (after the earlier chunks completed); returns the call counter. The engine runs every
-    chunk through ``adapter.fuse`` (compiled whole where the framework compiles)."""
-    original, calls = adapter.fuse, {"n": 0}
+    chunk through the chunk step it gets from ``adapter.compile`` (compiled where the
+    framework compiles); the other steps it compiles (merges, estimates, the finish) do
+    not run the model and are not counted."""
+    from gradshap import _engine
 
-    def fuse(step):
-        fused = original(step)
+    original, calls = adapter.compile, {"n": 0}
 
-        def interrupt(xp, *arrays):
+    def compile(fn):
+        compiled = original(fn)
+        if fn is not _engine._chunk:
+            return compiled
+
+        def interrupt(xp, *arrays, **static):
             calls["n"] += 1
             if calls["n"] == chunk:
                 raise KeyboardInterrupt
-            return fused(xp, *arrays)
+            return compiled(xp, *arrays, **static)
 
         return interrupt
 
-    adapter.fuse = fuse
+    adapter.compile = compile
     return calls
 
 
@@ -162,10 +168,11 @@ def test_torch_model_state_restored_on_keyboard_interrupt_between_chunks():
     model = _torch_bn_model(torch)
     bg, x = torch.zeros(10, 5), torch.ones(30, 5)
     explainer = gradshap.GradientExplainer(model, bg, batch_size=8)
-    interrupt_at_chunk(explainer.adapter, 2)
+    calls = interrupt_at_chunk(explainer.adapter, 2)
     before = _snapshot(torch, model)
     with pytest.raises(KeyboardInterrupt):
         explainer(x, n_samples=4, seed=0)
+    assert calls["n"] == 2
     _assert_same(torch, before, _snapshot(torch, model))
 
 

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from analytic_models import linear, network, relative_error
+from models import reference_estimate
 
 import gradshap
 from gradshap import _sampling
@@ -149,8 +150,8 @@ def test_same_seed_same_values_for_any_batch_size_and_row_subset(problem, sample
 
 @pytest.mark.parametrize("sampler", ALL)
 def test_compiled_adapter_gives_the_numpy_values_for_any_batch_size(problem, sampler):
-    """JAX pads every chunk to one shape (repeated rows, zero-weight passes, partial passes
-    placed in their columns by the compiled step): the numbers must not move."""
+    """JAX keeps a call's chunks at few shapes (the last rows padded with copies of them,
+    slots past a column's samples weighted 0): the numbers must not move."""
     jax = pytest.importorskip("jax")
     jnp = jax.numpy
     x, bg, model = problem
@@ -315,47 +316,6 @@ def test_exhaustive_converges_faster_than_any_power_on_a_smooth_model():
 # --------------------------------------------------------------------------- namespaces and frameworks
 
 
-@pytest.mark.parametrize("sampler", ALL)
-def test_engine_runs_under_array_api_strict(problem, sampler):
-    xps = pytest.importorskip("array_api_strict")
-    x, bg, model = problem
-    w, c, v = model.params
-    wx, cx, vx = (xps.asarray(a) for a in (w, c, v))
-
-    def vg(p):
-        z = p @ xps.permute_dims(wx, (1, 0)) + cx
-        slope = xps.astype(z > 0, p.dtype)
-        return xps.sum(z * slope * vx, axis=1), (slope * vx) @ wx
-
-    ref = gradshap.expected_gradients(model, x, bg, n_samples=40, sampler=sampler, seed=2)
-    out = gradshap.expected_gradients(vg, xps.asarray(x), xps.asarray(bg), n_samples=40, sampler=sampler, seed=2)
-    assert isinstance(out.values, type(xps.asarray(x)))
-    np.testing.assert_allclose(np.asarray(out.values), ref.values, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(out.stderr), ref.stderr, atol=1e-12)
-
-
-@pytest.mark.parametrize("sampler", ALL)
-def test_engine_traces_under_jax_jit(problem, sampler):
-    jax = pytest.importorskip("jax")
-    jnp = jax.numpy
-    x, bg, model = problem
-    w, c, v = (jnp.asarray(a) for a in model.params)
-
-    def vg(p):
-        z = p @ w.T + c
-        slope = (z > 0).astype(p.dtype)
-        return jnp.sum(z * slope * v, axis=1), (slope * v) @ w
-
-    def explain(xx, bb):
-        exp = gradshap.expected_gradients(vg, xx, bb, n_samples=40, sampler=sampler, seed=2)
-        return exp.values, exp.stderr
-
-    ref = gradshap.expected_gradients(model, x, bg, n_samples=40, sampler=sampler, seed=2)
-    values, stderr = jax.jit(explain)(jnp.asarray(x), jnp.asarray(bg))
-    np.testing.assert_allclose(np.asarray(values), ref.values, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(stderr), ref.stderr, atol=1e-12)
-
-
 def test_torch_model_gives_the_numpy_values_from_the_same_seed(problem):
     torch = pytest.importorskip("torch")
     x, bg, model = problem
@@ -417,85 +377,53 @@ def test_convergence_study_quick_smoke(tmp_path):
     assert shap_rows["linear"] < 1e-12 and shap_rows["ReLU network (8-16-1)"] > 1e-2
 
 
-# --------------------------------------------------------------------------- the column step
+# --------------------------------------------------------------------------- designs with a background row per column
 
 
 @pytest.mark.parametrize("sampler", ["lattice", "balanced"])
 @pytest.mark.parametrize("n_samples", [32, 37, 80])
-def test_column_step_gives_the_numbers_of_the_general_path(problem, monkeypatch, sampler, n_samples):
-    """Designs whose columns keep one background row run through _chunk_columns (gradient
-    statistics per column, columns in groups, no merges); the general path (per-sample
-    contributions, Chan merges) is the reference. Equal and unequal column counts."""
-    from gradshap import _engine
-
+def test_columns_of_one_background_row_give_the_estimate_of_their_draws(problem, sampler, n_samples):
+    """With at least as many samples as background rows, every sample of a column uses the
+    column's background row (equal and unequal column counts here), which the engine may
+    exploit (reduce the gradients per column, then multiply by the column's ``x - b``).
+    At every batch size the values are the estimate written out in NumPy from the draws,
+    and values and standard errors are those of a call whose smoothing noise is too small
+    to move any point (``stdevs=1e-300``: every sample gets its own noise, so no column
+    has one ``x - b``)."""
     x, bg, model = problem
     x = np.concatenate([x] * 5)  # 15 rows: several row groups and a short last one
-    taken = []
-    columns = _engine._attribute_columns
-    monkeypatch.setattr(_engine, "_attribute_columns", lambda *a, **k: taken.append(1) or columns(*a, **k))
-    fast = [gradshap.expected_gradients(model, x, bg, n_samples=n_samples, sampler=sampler, seed=2, batch_size=b)
-            for b in (6, 40, 1000)]
-    assert len(taken) == 3
-    monkeypatch.setattr(_engine, "_uses_columns", lambda *a: False)
-    ref = gradshap.expected_gradients(model, x, bg, n_samples=n_samples, sampler=sampler, seed=2)
-    assert len(taken) == 3
-    for out in fast:
-        np.testing.assert_allclose(out.values, ref.values, rtol=1e-12, atol=1e-13)
-        np.testing.assert_allclose(out.stderr, ref.stderr, rtol=1e-9, atol=1e-13)
+    want = reference_estimate(model.grad, x, bg, n_samples=n_samples, sampler=sampler, seed=2)
+    noisy = gradshap.expected_gradients(model, x, bg, n_samples=n_samples, sampler=sampler, seed=2, stdevs=1e-300)
+    np.testing.assert_allclose(noisy.values, want, rtol=1e-12, atol=1e-13)
+    for batch_size in (6, 40, 1000):
+        out = gradshap.expected_gradients(model, x, bg, n_samples=n_samples, sampler=sampler, seed=2,
+                                          batch_size=batch_size)
+        np.testing.assert_allclose(out.values, want, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(out.stderr, noisy.stderr, rtol=1e-9, atol=1e-13)
+        assert np.all(out.stderr > 0)
 
 
-def test_column_step_slots_on_a_padding_adapter(problem):
-    """JAX computes every chunk with one row count; the rows left after the full row groups
-    run as (row, column group) slots of the same shapes. Same numbers as NumPy."""
+def test_compiled_adapter_gives_the_numpy_numbers_where_rows_fill_no_whole_chunk(problem):
+    """JAX runs the last rows of a call, fewer than a chunk holds, padded with copies of
+    them. At row counts and batch sizes that leave such rows, the numbers are NumPy's."""
     jax = pytest.importorskip("jax")
-    from gradshap import _engine
-
     jnp = jax.numpy
     x, bg, model = problem
     x = np.concatenate([x] * 5)
     w, c, v = (jnp.asarray(a) for a in model.params)
-    ref = gradshap.expected_gradients(model, x, bg, n_samples=37, seed=5)
-    for batch in (24, 50):
-        k_rows, _ = _engine._column_plan(((5, 3), (11, 2)), batch, len(x))
-        assert len(x) % k_rows  # a short last row group: slots
-        out = gradshap.GradientExplainer(lambda p: jnp.maximum(p @ w.T + c, 0.0) @ v, jnp.asarray(bg),
-                                         batch_size=batch)(jnp.asarray(x), n_samples=37, seed=5)
-        np.testing.assert_allclose(np.asarray(out.values), ref.values, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(np.asarray(out.stderr), ref.stderr, rtol=1e-9, atol=1e-12)
+    for batch_size in (24, 50):
+        explainer = gradshap.GradientExplainer(lambda p: jnp.maximum(p @ w.T + c, 0.0) @ v, jnp.asarray(bg),
+                                               batch_size=batch_size)
+        for rows in (13, 15):
+            ref = gradshap.expected_gradients(model, x[:rows], bg, n_samples=37, seed=5)
+            out = explainer(jnp.asarray(x[:rows]), n_samples=37, seed=5)
+            np.testing.assert_allclose(np.asarray(out.values), ref.values, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(np.asarray(out.stderr), ref.stderr, rtol=1e-9, atol=1e-12)
 
 
-def test_the_column_plan_takes_fewer_column_groups_where_that_costs_no_chunk():
-    """200 samples over 100 background rows at batch_size 8192: the plan with the most
-    useful points per chunk is 81 rows x 2 column groups of 50; one group of 100 columns
-    at 40 rows is within 5% of it. It is taken where it runs the rows in no more chunks
-    (200 rows: 5 chunks either way; a padding adapter has no slots then), not where the
-    last rows would cost a chunk more (a padding adapter at 201 rows: 6 chunks against 5,
-    the last 39 rows' 78 slots filling one chunk)."""
-    from gradshap import _engine
-
-    sets, best = ((100, 2),), (81, (50,))
-    assert _engine._column_plan(sets, 8192, 10**6, True) == best
-    assert _engine._column_chunks(sets, *best, 200, True) == 5 == _engine._column_chunks(sets, 40, (100,), 200, True)
-    assert _engine._column_chunks(sets, *best, 201, True) == 5 < _engine._column_chunks(sets, 40, (100,), 201, True)
-    assert _engine._column_chunks(sets, *best, 200) == 6 > _engine._column_chunks(sets, 40, (100,), 200) == 5
-    for pads in (False, True):
-        assert _engine._column_plan(sets, 8192, 200, pads) == (40, (100,))
-        assert _engine._column_plan(sets, 8192, 1000, pads) == (40, (100,))
-    assert _engine._column_plan(sets, 8192, 201, True) == best
-    # Whatever it takes, no call runs more chunks than the first plan would.
-    for sets, batch in [(((100, 2),), 8192), (((8, 4), (56, 3)), 334), (((8, 4), (56, 3)), 167),
-                        (((5, 3), (11, 2)), 24)]:
-        first = _engine._column_plan(sets, batch, 10**6)
-        for pads in (False, True):
-            for n_rows in range(first[0], 4 * first[0] + 3):
-                k, widths = _engine._column_plan(sets, batch, n_rows, pads)
-                assert _engine._column_chunks(sets, k, widths, n_rows, pads) <= \
-                    _engine._column_chunks(sets, *first, n_rows, pads)
-
-
-def test_the_column_plan_changes_no_number_on_a_padding_adapter(rng):
-    """JAX at 200 rows (one group of 100 columns) and 201 rows (two of 50, with slots):
-    the same numbers as NumPy's eager run (whose plan is 81 rows x two groups)."""
+def test_many_columns_give_the_numpy_numbers_on_a_compiling_adapter(rng):
+    """200 samples over 100 background rows (100 columns) at batch_size 8192, for 200 and
+    201 rows on JAX: the same numbers as NumPy's eager run."""
     jax = pytest.importorskip("jax")
     jnp = jax.numpy
     w = rng.normal(size=(6, 3))

@@ -1,7 +1,9 @@
-"""TensorFlow: tf.Module and callables of tf.Tensor, and the array namespace gradshap
-gives the engine for tf.Tensor (array-api-compat does not cover TensorFlow).
+"""TensorFlow adapter: tf.Module and callables of tf.Tensor, compiled once per chunk shape
+(with XLA where it pays), and the array namespace gradshap gives the engine for tf.Tensor
+(array-api-compat does not cover TensorFlow).
 
-Keras models on every backend are tested in tests/keras_*.py (one process per backend).
+Keras models on every backend are tested in tests/test_keras_*.py (tests/run.py runs them
+once per backend).
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import assert_one_trace_per_chunk_shape, import_or_fail
+from conftest import assert_compiles_once_per_chunk_shape, import_or_fail
 
 tf = import_or_fail("tensorflow")
 import gradshap  # noqa: E402
 from gradshap import _sampling  # noqa: E402
-from gradshap.backends import tensorflow as tf_backend  # noqa: E402
+from gradshap.backends._tf_namespace import namespace  # noqa: E402
+from models import mlp_weights, numpy_mlp, tf_mlp  # noqa: E402
 
 ATOL = 2e-6  # float32 rounding of sums of a few products of O(1) numbers
 
@@ -38,7 +41,7 @@ def linear(rng):
 
 
 def test_namespace_matches_numpy(rng):
-    xp = tf_backend.namespace()
+    xp = namespace()
     a = rng.standard_normal((3, 4)).astype(np.float32)
     t = xp.asarray(a)
     cpu = xp.device(t)
@@ -116,19 +119,21 @@ def test_float32_inputs_and_a_float64_output(linear):
             tf.constant(bad), n_samples=16, seed=0)
 
 
-def test_traces_once_per_shape_not_per_chunk(linear):
-    w, _, bg = linear
+def test_compiles_once_per_chunk_shape(linear):
+    w, _, _ = linear
     model = Linear(w)
-    x = tf.constant(np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32))
-    explainer = gradshap.GradientExplainer(model, tf.constant(bg), batch_size=24)
-    assert_one_trace_per_chunk_shape(explainer, x, lambda: model.calls, framework="tensorflow")
+    rng = np.random.default_rng(0)
+    bg = tf.constant(rng.standard_normal((10, 5)).astype(np.float32))
+    x = tf.constant(rng.standard_normal((80, 5)).astype(np.float32))
+    assert_compiles_once_per_chunk_shape(lambda: gradshap.GradientExplainer(model, bg, batch_size=40), x,
+                                         lambda: model.calls)
 
 
 def test_a_few_rows_run_the_chunks_of_the_count_they_pad_to(linear, rng, capsys):
-    """Fewer rows than a chunk holds run a chunk of their own, traced per shape: 5 rows pad
-    to 6 with copies of rows, so after a call of 6 rows a call of 5 traces nothing new,
-    on the column path (16 samples over 8 background rows, 2 per column) and on the
-    per-chunk path (iid draws); the values are the caller's rows'."""
+    """Fewer rows than a chunk holds run as fewer rows per chunk, padded with copies of
+    rows to a power of two: after a call of 6 rows a call of 5 traces nothing new, with a
+    background row per column (16 samples over 8 background rows, 2 per column) and with
+    iid draws; the values are the caller's rows'."""
     w, _, bg = linear
     model = Linear(w)
     x = rng.standard_normal((6, 5)).astype(np.float32)
@@ -177,7 +182,7 @@ def test_several_outputs_need_a_callable_target(as_dict, linear):
         return {"scores": outs[0], "risk": outs[1]} if as_dict else list(outs)
 
     explainer = gradshap.GradientExplainer(two, tf.constant(bg))
-    with pytest.raises(TypeError, match=r"^the model returns a (dict|list) of 2 outputs.*select one with a callable `target`"):
+    with pytest.raises(TypeError, match=r"^the model's output is a (dict|list) of 2 outputs.*select one with a callable `target`"):
         explainer(tf.constant(x), n_samples=8)
     pick = (lambda outs: outs["risk"]) if as_dict else (lambda outs: outs[1])
     exp = explainer(tf.constant(x), target=pick, n_samples=16, sampler="balanced", seed=0)
@@ -226,15 +231,6 @@ def test_keras_model_through_the_tensorflow_entry_point(linear):
     np.testing.assert_allclose(exp.values.numpy(), w * (x - bg.mean(0)), rtol=0, atol=ATOL)
 
 
-def _compiled_steps(adapter, light: bool = False) -> set:
-    """``jit_compile`` of every step with the model's VJP the adapter has traced (with
-    ``light``: of every light step, which never compiles with XLA). Each kept step is a
-    concrete function, traced for its key's signature."""
-    from gradshap.backends import is_light
-
-    return {xla for step, xla, _ in adapter._fused if is_light(step) == light}
-
-
 class Tanh(tf.Module):
     """``tanh(x @ w1) @ w2``: no convolution, so XLA compiles its step on a CPU-only machine."""
 
@@ -259,6 +255,9 @@ class Conv(tf.Module):
 
 
 def test_xla_compiles_the_step_of_a_model_without_convolutions(rng):
+    """On a CPU-only machine the adapter compiles the steps of a model without convolutions
+    with XLA, and of one with a convolution without: the same numbers either way (float32
+    rounding apart), and those of NumPy in float64."""
     if tf.config.list_logical_devices("GPU"):
         pytest.skip("XLA is chosen on CPU-only machines")
     w1 = rng.standard_normal((5, 6)).astype(np.float32)
@@ -266,13 +265,10 @@ def test_xla_compiles_the_step_of_a_model_without_convolutions(rng):
     x, bg = rng.standard_normal((3, 5)).astype(np.float32), rng.standard_normal((8, 5)).astype(np.float32)
     explainer = gradshap.GradientExplainer(Tanh(w1, w2), tf.constant(bg))
     exp = explainer(tf.constant(x), n_samples=32, seed=2)
-    assert explainer.adapter._xla is True and _compiled_steps(explainer.adapter) == {True}
-    assert _compiled_steps(explainer.adapter, light=True) == {False}  # the outputs' and results' programs
-    # The same numbers as the plain graph's (float32 rounding apart), and the same as NumPy's.
+    assert explainer.adapter._xla is True
     plain = gradshap.GradientExplainer(Tanh(w1, w2), tf.constant(bg))
     plain.adapter._xla = False  # decided: no XLA
     ref = plain(tf.constant(x), n_samples=32, seed=2)
-    assert _compiled_steps(plain.adapter) == {False}
     np.testing.assert_allclose(exp.values.numpy(), ref.values.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(exp.stderr.numpy(), ref.stderr.numpy(), rtol=1e-4, atol=1e-7)
 
@@ -284,9 +280,24 @@ def test_xla_compiles_the_step_of_a_model_without_convolutions(rng):
                                        n_samples=32, seed=2)
     np.testing.assert_allclose(exp.values.numpy(), want.values, rtol=1e-4, atol=1e-5)
 
-    conv = gradshap.GradientExplainer(Conv(rng.standard_normal(3).astype(np.float32)), tf.constant(bg))
-    conv(tf.constant(x), n_samples=32, seed=2)
-    assert conv.adapter._xla is False and _compiled_steps(conv.adapter) == {False}
+    k = rng.standard_normal(3).astype(np.float32)
+    conv = gradshap.GradientExplainer(Conv(k), tf.constant(bg))
+    got = conv(tf.constant(x), n_samples=32, seed=2)
+    assert conv.adapter._xla is False
+
+    def conv_value_and_grad(p):
+        # SAME cross-correlation of the 5 features with k, then sum(tanh(.)).
+        padded = np.pad(p, ((0, 0), (1, 1)))
+        h = np.tanh(k[0] * padded[:, :-2] + k[1] * padded[:, 1:-1] + k[2] * padded[:, 2:])
+        d = 1 - h**2  # h_i depends on x_{i-1} (by k0), x_i (k1), x_{i+1} (k2)
+        grad = k[1] * d
+        grad[:, :-1] += k[0] * d[:, 1:]
+        grad[:, 1:] += k[2] * d[:, :-1]
+        return h.sum(1), grad
+
+    want = gradshap.expected_gradients(conv_value_and_grad, x.astype(np.float64), bg.astype(np.float64),
+                                       n_samples=32, seed=2)
+    np.testing.assert_allclose(got.values.numpy(), want.values, rtol=1e-4, atol=1e-5)
 
 
 def test_a_step_xla_cannot_compile_falls_back_to_the_plain_graph(linear):
@@ -304,65 +315,45 @@ def test_a_step_xla_cannot_compile_falls_back_to_the_plain_graph(linear):
     model = lambda t: host_double(t) @ tf.constant(w[:, None])  # noqa: E731
     explainer = gradshap.GradientExplainer(model, tf.constant(bg), framework="tensorflow")
     exp = explainer(tf.constant(x), n_samples=16, seed=0)
-    # XLA's trace failed to compile; the plain graph ran the step.
-    assert explainer.adapter._xla is False and _compiled_steps(explainer.adapter) == {False, True}
+    assert explainer.adapter._xla is False  # XLA failed to compile; the plain graph ran the step
     np.testing.assert_allclose(exp.values.numpy(), 2 * w * (x - bg.mean(0)), rtol=0, atol=4 * ATOL)
+    again = explainer(tf.constant(x), n_samples=16, seed=0)
+    np.testing.assert_array_equal(again.values.numpy(), exp.values.numpy())
 
 
-class _TanhMLP(tf.Module):
-    """The tanh MLP of tests/models.py in float64, three outputs."""
-
-    def __init__(self, weights):
-        super().__init__()
-        self.layers = [(tf.Variable(w), tf.Variable(b)) for w, b in weights]
-
-    def __call__(self, x):
-        h = x
-        for i, (w, b) in enumerate(self.layers):
-            h = h @ w + b
-            h = tf.tanh(h) if i < len(self.layers) - 1 else h
-        return h
-
-
-@pytest.mark.parametrize(("n_background", "batch_size", "path"), [(7, 12, "_rows_program"), (40, 60, "_blocks_program")])
-def test_dense_models_run_as_programs_under_xla(rng, caplog, n_background, batch_size, path):
-    """Where XLA compiles the step (a CPU, no convolution), a call is a few programs, each
-    piece of rows looping over its chunks inside (:func:`_engine._attribute_program`): the
-    column step (30 samples over 7 background rows) and whole blocks (30 samples over 40,
-    one column). 23 rows are several pieces. Every kind of target gives the NumPy
-    reference's numbers; calls at six row counts give no warning from TensorFlow of
-    retracing, and the same counts again trace nothing new."""
-    if tf.config.list_logical_devices("GPU"):
-        pytest.skip("XLA is chosen on CPU-only machines")
-    from models import mlp_weights, numpy_mlp
-
-    from gradshap import _engine
-
+@pytest.mark.parametrize(("n_background", "batch_size"), [(7, 12), (40, 60)])
+def test_dense_models_under_xla_give_the_numpy_numbers_and_never_retrace(rng, caplog, n_background, batch_size):
+    """Where XLA compiles the step (a CPU, no convolution), with a background row per column
+    (30 samples over 7 background rows) or one column (30 samples over 40), on 23 rows in
+    many chunks: every kind of target gives the NumPy reference's numbers; calls at six row
+    counts give no warning from TensorFlow of retracing, and the same counts again, with
+    another seed, trace the model no more."""
     weights = mlp_weights(rng)
     bg, x = rng.normal(size=(n_background, 6)), rng.normal(size=(23, 6))
-    explainer = gradshap.GradientExplainer(_TanhMLP(weights), tf.constant(bg), batch_size=batch_size)
+    module, traces = tf_mlp(weights), {"n": 0}
+
+    def model(p):
+        traces["n"] += 1  # runs once per trace
+        return module(p)
+
+    explainer = gradshap.GradientExplainer(model, tf.constant(bg), batch_size=batch_size)
     reference = gradshap.GradientExplainer(numpy_mlp(weights), bg, framework="numpy")
-    ran = []
-    original = getattr(_engine, path)
-    try:
-        setattr(_engine, path, lambda *a, **k: ran.append(1) or original(*a, **k))
-        per_row = rng.integers(0, 3, size=23)
-        for target in (2, [0, 2], "predicted", per_row, tf.constant(per_row)):
-            exp = explainer(tf.constant(x), target=target, n_samples=30, seed=5)
-            ref = reference(x, target=per_row if isinstance(target, tf.Tensor) else target, n_samples=30, seed=5)
-            for name in ("values", "stderr", "base_values", "output", "delta"):
-                np.testing.assert_allclose(np.asarray(getattr(exp, name)), getattr(ref, name), rtol=1e-9, atol=1e-12,
-                                           err_msg=f"{name} for target {target!r}")
-        assert ran
-        with caplog.at_level("WARNING"):
-            for rows in (1, 3, 5, 9, 17, 22):
-                exp = explainer(tf.constant(x[:rows]), target=1, n_samples=30, seed=5)
-                np.testing.assert_allclose(exp.values.numpy(), reference(x[:rows], target=1, n_samples=30, seed=5).values,
-                                           rtol=1e-9, atol=1e-12)
-        traced = set(explainer.adapter._fused)
+    per_row = rng.integers(0, 3, size=23)
+    for target in (2, [0, 2], "predicted", per_row, tf.constant(per_row)):
+        exp = explainer(tf.constant(x), target=target, n_samples=30, seed=5)
+        ref = reference(x, target=per_row if isinstance(target, tf.Tensor) else target, n_samples=30, seed=5)
+        for name in ("values", "stderr", "base_values", "output", "delta"):
+            np.testing.assert_allclose(np.asarray(getattr(exp, name)), getattr(ref, name), rtol=1e-9, atol=1e-12,
+                                       err_msg=f"{name} for target {target!r}")
+    if not tf.config.list_logical_devices("GPU"):
+        assert explainer.adapter._xla is True
+    with caplog.at_level("WARNING"):
+        for rows in (1, 3, 5, 9, 17, 22):
+            exp = explainer(tf.constant(x[:rows]), target=1, n_samples=30, seed=5)
+            np.testing.assert_allclose(exp.values.numpy(), reference(x[:rows], target=1, n_samples=30, seed=5).values,
+                                       rtol=1e-9, atol=1e-12)
+        traced = traces["n"]
         for rows in (1, 3, 5, 9, 17, 22):
             explainer(tf.constant(x[:rows]), target=1, n_samples=30, seed=6)
-        assert set(explainer.adapter._fused) == traced
-    finally:
-        setattr(_engine, path, original)
+        assert traces["n"] == traced
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]

@@ -1,6 +1,6 @@
 """Conformance matrix, Keras cells: the MLP with BatchNorm and the small CNN of
 tests/test_conformance.py, built as Keras models with the same NumPy weights, on the
-backend this process runs (tests/run.py sets KERAS_BACKEND), against the torch reference.
+backend this process runs (tests/run.py runs this file once per backend, with KERAS_BACKEND set), against the torch reference.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from conftest import import_or_fail
 from test_conformance import BATCH_SIZE, BN_EPS, CASES, N_SAMPLES, RTOL, SEED, data, relative_error, torch_reference, weights
 
 keras = import_or_fail("keras")
+pytestmark = pytest.mark.keras_backend  # tests/run.py runs these once per Keras backend
 
 
 def keras_model(kind: str):

@@ -1,6 +1,6 @@
 """A Keras model and the global random state are left exactly as found, also when the model
 raises inside its call midway or a KeyboardInterrupt comes between chunks, on the backend
-this process runs (tests/run.py sets KERAS_BACKEND).
+this process runs (tests/run.py runs this file once per backend, with KERAS_BACKEND set).
 
 The model has a frozen layer, BatchNormalization with distinctive moving statistics, a
 seeded Dropout, and layers that use the global generators at run time (Python, NumPy,
@@ -19,6 +19,7 @@ from conftest import import_or_fail
 from test_safety import Tripwire, assert_same_rngs, global_rngs, interrupt_at_chunk, tf_op_seed_draws
 
 keras = import_or_fail("keras")
+pytestmark = pytest.mark.keras_backend  # tests/run.py runs these once per Keras backend
 import gradshap  # noqa: E402
 
 BACKEND = keras.backend.backend()
@@ -133,8 +134,7 @@ def seeded_globals():
 
 
 def _explainer(model, bg):
-    # 6 rows x 4 samples in chunks of 2 rows: forward(x), forward(background), then 3 chunks
-    # (on JAX in two programs, of 2 rows and of 4, each looping over its chunks).
+    # 6 rows x 4 samples at most 8 points a chunk: forward(x), forward(background), then chunks.
     return gradshap.GradientExplainer(model, bg, batch_size=8)
 
 

@@ -1,12 +1,23 @@
-"""The engine is pure array API: it runs on array-api-strict and inside jax.jit."""
+"""The engine is pure array API: it runs on array-api-strict and inside jax.jit, with
+every sampler, and gives the numbers it gives on NumPy."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from analytic_models import network
 
 import gradshap
 from conftest import import_or_fail
 from models import mlp_weights, numpy_mlp
+
+ALL = ("iid", "balanced", "lattice", "sobol", "exhaustive")
+
+
+@pytest.fixture
+def problem(rng):
+    d = 5
+    return rng.normal(size=(3, d)), rng.normal(size=(16, d)), network(d, seed=3)
 
 
 def test_engine_runs_on_array_api_strict(rng):
@@ -67,29 +78,42 @@ def test_engine_traces_under_jax_jit(rng):
     np.testing.assert_allclose(np.asarray(jitted_stderr), ref.stderr, rtol=1e-8, atol=1e-12)
 
 
-def test_jax_adapter_compiles_once_for_a_long_call(rng):
-    """Chunks are padded to one shape: many chunks, one trace of the VJP."""
+@pytest.mark.parametrize("sampler", ALL)
+def test_every_sampler_runs_under_array_api_strict(problem, sampler):
+    xps = import_or_fail("array_api_strict")
+    x, bg, model = problem
+    w, c, v = model.params
+    wx, cx, vx = (xps.asarray(a) for a in (w, c, v))
+
+    def vg(p):
+        z = p @ xps.permute_dims(wx, (1, 0)) + cx
+        slope = xps.astype(z > 0, p.dtype)
+        return xps.sum(z * slope * vx, axis=1), (slope * vx) @ wx
+
+    ref = gradshap.expected_gradients(model, x, bg, n_samples=40, sampler=sampler, seed=2)
+    out = gradshap.expected_gradients(vg, xps.asarray(x), xps.asarray(bg), n_samples=40, sampler=sampler, seed=2)
+    assert isinstance(out.values, type(xps.asarray(x)))
+    np.testing.assert_allclose(np.asarray(out.values), ref.values, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(out.stderr), ref.stderr, atol=1e-12)
+
+
+@pytest.mark.parametrize("sampler", ALL)
+def test_every_sampler_traces_under_jax_jit(problem, sampler):
     jax = import_or_fail("jax")
     jnp = jax.numpy
-    traces = {"n": 0}
-    w = jnp.asarray(rng.normal(size=(3,)))
+    x, bg, model = problem
+    w, c, v = (jnp.asarray(a) for a in model.params)
 
-    def model(p):
-        traces["n"] += 1  # runs once per trace, not per call
-        return p @ w
+    def vg(p):
+        z = p @ w.T + c
+        slope = (z > 0).astype(p.dtype)
+        return jnp.sum(z * slope * v, axis=1), (slope * v) @ w
 
-    bg, x = jnp.asarray(rng.normal(size=(5, 3))), jnp.asarray(rng.normal(size=(23, 3)))
-    explainer = gradshap.GradientExplainer(model, bg, batch_size=16)
-    explainer(x, n_samples=6, seed=0)  # 23 rows x 6 samples: 9 chunks of the VJP
-    # One VJP trace (chunks of 5 rows x 3 samples); forward traces for 16 and 8 rows
-    # (x: 16 + 7 -> 8; background: 5 -> 8; together they would not fit one chunk).
-    assert traces["n"] == 3
-    explainer(x[:11], n_samples=6, seed=1)  # x and the background together: 16 rows, seen before
-    explainer(x[:13], n_samples=6, seed=2)  # 18 rows: separately, 16 (seen) and 8 (seen)
-    assert traces["n"] == 3
-    # Fewer rows than a chunk holds: chunks shrink to the rows there are (3 x 3 points, not
-    # padded to 5 x 3); x and the background (3 + 5 rows) are a forward of 8 (seen): one new shape.
-    explainer(x[:3], n_samples=6, seed=1)
-    assert traces["n"] == 4
-    explainer(x[:3], n_samples=6, seed=2)
-    assert traces["n"] == 4
+    def explain(xx, bb):
+        exp = gradshap.expected_gradients(vg, xx, bb, n_samples=40, sampler=sampler, seed=2)
+        return exp.values, exp.stderr
+
+    ref = gradshap.expected_gradients(model, x, bg, n_samples=40, sampler=sampler, seed=2)
+    values, stderr = jax.jit(explain)(jnp.asarray(x), jnp.asarray(bg))
+    np.testing.assert_allclose(np.asarray(values), ref.values, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(stderr), ref.stderr, atol=1e-12)
