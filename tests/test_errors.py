@@ -309,11 +309,17 @@ def test_a_callable_target_must_return_one_scalar_per_row(backend, rng):
                                    rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.xfail(reason="src bug: _engine._outputs names the callable target's tuple output 'the model's output'",
-                   strict=True)
 def test_a_callable_target_that_returns_several_outputs_is_named_as_such(rng):
     torch = import_or_fail("torch")
     bg, x = torch.from_numpy(rng.normal(size=(4, 3))), torch.from_numpy(rng.normal(size=(5, 3)))
     explainer = gradshap.GradientExplainer(lambda p: (p * 3.0, p[:, 0] * 2.0), bg)
     with pytest.raises(TypeError, match=r"^the output of the callable `target` is a tuple of 2 outputs"):
         explainer(x, target=lambda outs: outs, n_samples=8, seed=0)
+
+
+def test_a_callable_target_on_an_analytic_pair_says_what_to_pass_instead(rng):
+    w = rng.normal(size=(3, 2))
+    pair = (lambda p: p @ w, lambda p: np.broadcast_to(w.T, (p.shape[0], 2, 3)))
+    explainer = gradshap.GradientExplainer(pair, rng.normal(size=(4, 3)), framework="numpy")
+    with pytest.raises(TypeError, match=r"^a callable `target` needs the gradient .* framework='numpy'"):
+        explainer(rng.normal(size=(2, 3)), target=lambda out: out[:, 0], n_samples=8, seed=0)

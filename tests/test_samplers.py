@@ -439,35 +439,20 @@ def test_many_columns_give_the_numpy_numbers_on_a_compiling_adapter(rng):
         np.testing.assert_allclose(np.asarray(out.values), ref.values, rtol=0, atol=1e-12)
         np.testing.assert_allclose(np.asarray(out.stderr), ref.stderr, rtol=1e-9, atol=1e-13)
 
-
-@pytest.mark.parametrize("sampler", ["lattice", "balanced"])
-@pytest.mark.parametrize(("n", "nb"), [(200, 100), (37, 10), (80, 16), (30, 7)])
-def test_column_layout_holds_the_draws_numbers(sampler, n, nb):
-    """``_sampling.columns`` (the column step's draws) is :func:`_sampling.draw`, bit for
-    bit, laid out by column: sample ``j`` is pass ``j // columns`` of column ``j % columns``."""
-    design = _sampling.plan(sampler, n, nb)
-    assert design.fixed_baselines
-    rows = np.arange(3, 40)
-    index, alpha, _ = _sampling.draw(design, 1234, rows, 0, 0, n)
-    perm, cols = _sampling.columns(design, 1234, rows)
-    g = design.columns
-    j = np.arange(n)
-    np.testing.assert_array_equal(perm[:, j % g], index)
-    np.testing.assert_array_equal(cols[:, j // g, j % g], alpha)
-    missing = np.arange(cols.shape[1] * g) >= n  # a shorter column's last pass
-    assert np.all(np.reshape(cols, (rows.size, -1))[:, missing] == 0.0)
-
-
-def test_column_layout_wraps_like_draw_where_a_shift_rounds_to_the_stratum_end(monkeypatch):
-    """Shifts of exactly 1 and within an ulp of it (where ``p + shift`` rounds up to the
-    column count): the column layout's cheap wrap must give :func:`draw`'s ``mod``."""
+@pytest.mark.parametrize("block", [0, 1, 3])
+def test_lattice_alphas_wrap_like_a_float_mod_where_a_shift_rounds_to_the_stratum_end(monkeypatch, block):
+    """Shifts of exactly 1 and within an ulp of it (where ``p + v + shift`` rounds up to
+    the column's count): the alphas are ``mod(p + v + shift, m) / m`` to the last bit, and
+    lie in [0, 1)."""
     design = _sampling.plan("lattice", 23, 10)  # 3 columns of 3 samples, 7 of 2
     below_one = np.nextafter(1.0, 0.0)
     shifts = np.tile(np.array([1.0, below_one, 0.5, 1.0, below_one, 0.25, 1.0, 0.75, below_one, 1e-9]), (2, 1))
     monkeypatch.setattr(_sampling, "_stratified_shifts", lambda key, rows, n: shifts[: len(rows), :n])
-    rows = np.arange(2)
-    _, alpha, _ = _sampling.draw(design, 5, rows, 0, 0, 23)
-    _, cols = _sampling.columns(design, 5, rows)
+    _, alpha, _ = _sampling.draw(design, 5, np.arange(2), block, 0, 23)
     j = np.arange(23)
-    np.testing.assert_array_equal(cols[:, j // 10, j % 10], alpha)
-    assert np.any(alpha == 0.0)  # some wrapped, as the mod does
+    m = design.counts[j % 10].astype(float)
+    expected = np.mod(j // 10 + _sampling._radical_inverse(block) + shifts[:, j % 10], m) / m
+    np.testing.assert_array_equal(alpha, expected)
+    assert np.all((alpha >= 0) & (alpha < 1))
+    if block == 0:
+        assert np.any(alpha == 0.0)  # some wrapped

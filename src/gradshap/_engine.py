@@ -427,9 +427,10 @@ def _host(a) -> np.ndarray:
 # --------------------------------------------------------------------------- outputs and run
 
 
-def _outputs(adapter: Adapter, xp, inputs: tuple, batch: int, compiled: bool):
-    """The model's outputs at ``inputs``, in chunks of at most ``batch`` rows; where the adapter
-    compiles, a short chunk is padded with copies of its rows to a power of two (few shapes)."""
+def _outputs(adapter: Adapter, xp, inputs: tuple, batch: int, compiled: bool, what: str):
+    """The model's outputs at ``inputs`` (``what`` they are, for errors), in chunks of at most
+    ``batch`` rows; where the adapter compiles, a short chunk is padded with copies of its
+    rows to a power of two (few shapes)."""
     n = inputs[0].shape[0]
     outs = []
     for r0 in range(0, n, batch):
@@ -441,7 +442,7 @@ def _outputs(adapter: Adapter, xp, inputs: tuple, batch: int, compiled: bool):
             part = tuple(xp.take(a, at, axis=0) for a in part)
         out = adapter.forward(part)
         if isinstance(out, (tuple, list, dict)) or not hasattr(out, "ndim"):
-            _targets.as_matrix(xp, out, m)  # says what to do
+            _targets.as_matrix(xp, out, m, what)  # says what to do
         outs.append(out[:m, ...] if size != m else out)
     return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
 
@@ -494,10 +495,10 @@ def run(
     compile = adapter.compile if native else Adapter.compile.__get__(adapter)
     key = _sampling.seed_key(seed)
     with _global_rng_guard(), adapter.session():
-        out_x = _targets.as_matrix(xp, _outputs(adapter, xp, x, batch_size, compiled), n,
-                                   "the output of the callable `target`" if composed else "the model's output")
-        out_b = _targets.as_matrix(xp, _outputs(adapter, xp, background, batch_size, compiled), nb,
-                                   "the model's output on `background`")
+        what = "the output of the callable `target`" if composed else "the model's output"
+        out_x = _targets.as_matrix(xp, _outputs(adapter, xp, x, batch_size, compiled, what), n, what)
+        what = f"{what} on `background`"
+        out_b = _targets.as_matrix(xp, _outputs(adapter, xp, background, batch_size, compiled, what), nb, what)
         if composed and out_x.shape[1] != 1:
             msg = (f"the callable `target` must return one scalar per row, shape ({n},); it returned "
                    f"{_validation.shape_str((n, out_x.shape[1]))}")

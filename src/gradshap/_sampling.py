@@ -52,7 +52,6 @@ __all__ = [
     "normals",
     "plan",
     "samples",
-    "columns",
     "rule_design",
     "seed_key",
     "uniforms",
@@ -342,37 +341,6 @@ def draw(design: Design, key: int, rows: np.ndarray, block: int, start: int, sto
     np.subtract(alpha, m, out=alpha, where=alpha >= m)
     alpha /= m
     return index, alpha, weights
-
-
-def columns(design: Design, key: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Block 0 of a design with :attr:`Design.fixed_baselines`, laid out by column: each
-    column's background row ``(k, columns)`` and the alphas ``(k, passes, columns)``, where
-    ``passes`` is the largest column count (the alphas of a shorter column's missing last
-    pass are 0). The numbers of :func:`draw`, without a baseline index per sample.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    g, n = design.columns, design.n_samples
-    passes = -(-n // g)
-    perm = _permutation(key, rows, design.n_background, _STREAM_PERM_BASELINE)
-    if design.name == "balanced":
-        flat = np.zeros((rows.size, passes * g))
-        flat[:, :n] = _latin_passes(design, key, rows, 0, np.arange(n))
-        return perm, np.reshape(flat, (rows.size, passes, g))
-    shift = _stratified_shifts(key, rows, g)
-    m = design.counts.astype(np.float64)
-    alpha = np.arange(passes, dtype=np.float64)[None, :, None] + shift[:, None, :]
-    # ``mod(p + shift, m)`` of :func:`draw` without NumPy's slow float mod: p + shift < m
-    # but where the sum rounds up to m (a shift within an ulp of 1), and in the missing last
-    # pass of a shorter column, which is zeroed.
-    wrap = alpha >= m
-    if n % g:
-        wrap[:, -1, n % g :] = False
-    if wrap.any():
-        np.subtract(alpha, m, out=alpha, where=wrap)
-    alpha /= m
-    if n % g:
-        alpha[:, -1, n % g :] = 0.0
-    return perm, alpha
 
 
 def samples(sampler: str, key: int, rows: np.ndarray, n_samples: int, n_background: int):

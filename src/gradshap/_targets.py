@@ -78,25 +78,18 @@ def _host_one_hot(index: np.ndarray, n: int, k: int) -> np.ndarray:
     return rows
 
 
-def select(xp, target: Any, outputs, *, dtype, place: Callable | None = None, rows: int | None = None) -> Selection:
+def select(xp, target: Any, outputs, *, dtype) -> Selection:
     """Resolve ``target`` against the outputs at ``x`` (``(n, K)``, see :func:`as_matrix`).
 
-    ``rows``: the caller's rows where ``outputs`` holds padding after them, row ``i`` a copy
-    of row ``i % rows`` (the engine's programs): targets are checked against ``rows``, the
-    cotangents cover all ``n`` rows, and the label holds the caller's rows only.
-
-    ``place(a, dtype)``: a small host array as an array beside ``outputs`` (the adapter's
-    :meth:`~gradshap.backends.Adapter.step_array`); by default ``xp.asarray`` on their
-    device. Cotangents that do not depend on the outputs (``None``, ints, host arrays) are
-    made on the host: one conversion, where the eager ops of a one-hot cost a dispatch
-    each (JAX: 0.34 ms for an int target, against 0.01 ms).
+    Cotangents that do not depend on the outputs (``None``, ints, host arrays) are made on
+    the host and placed beside the outputs in one conversion.
     """
     n, k = outputs.shape
-    rows = n if rows is None else rows
     device = device_of(xp, outputs)
-    if place is None:
-        def place(a, dtype):
-            return xp.asarray(a, dtype=dtype, device=device)
+
+    def place(a, dtype):
+        return xp.asarray(a, dtype=dtype, device=device)
+
     if target is None:
         if k != 1:
             msg = f"`target` is None but the model has {k} outputs per row; choose one with `target`: {TARGET_CHOICES}"
@@ -113,7 +106,7 @@ def select(xp, target: Any, outputs, *, dtype, place: Callable | None = None, ro
             msg = f"`target` string must be 'predicted'; got {target!r}. Valid targets: {TARGET_CHOICES}"
             raise ValueError(msg)
         index = xp.argmax(outputs, axis=1)
-        return Selection([_one_hot(xp, index, k, dtype, device)], index if rows == n else index[:rows, ...], False)
+        return Selection([_one_hot(xp, index, k, dtype, device)], index, False)
     if isinstance(target, (list, tuple)):
         if len(target) == 0 or not all(
             isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target
@@ -126,17 +119,16 @@ def select(xp, target: Any, outputs, *, dtype, place: Callable | None = None, ro
         # array-api-compat does not know tf.Tensor: its few class indices are read on the host.
         target = np.asarray(target)
     if isinstance(target, np.ndarray) or aac.is_array_api_obj(target):
-        return _per_row(xp, target, rows, n, k, dtype, device, place)
+        return _per_row(xp, target, n, k, dtype, device, place)
     msg = f"`target` must be {TARGET_CHOICES}; got {type_name(target)}"
     raise TypeError(msg)
 
 
-def _per_row(xp, target, rows: int, n: int, k: int, dtype, device, place: Callable) -> Selection:
-    """One class per row of ``rows``, its cotangents over ``n >= rows`` rows (padding rows
-    copy rows ``i % rows``)."""
+def _per_row(xp, target, n: int, k: int, dtype, device, place: Callable) -> Selection:
+    """One class per row."""
     shape = tuple(target.shape)
-    if shape != (rows,):
-        msg = f"`target` as an array must hold one int per row: expected shape ({rows},), got {shape_str(shape)}"
+    if shape != (n,):
+        msg = f"`target` as an array must hold one int per row: expected shape ({n},), got {shape_str(shape)}"
         raise ValueError(msg)
     if isinstance(target, np.ndarray):
         if not np.issubdtype(target.dtype, np.integer):
@@ -158,10 +150,7 @@ def _per_row(xp, target, rows: int, n: int, k: int, dtype, device, place: Callab
             f"{', '.join(map(str, bad[:10]))}; expected 0 <= target < {k}"
         )
         raise ValueError(msg)
-    pad = None if rows == n else np.arange(n) % rows
     if index is None:
         # A handful of class indices, not data: their one-hot rows placed beside the outputs.
-        return Selection([place(_host_one_hot(host if pad is None else host[pad], n, k), dtype)], target, False)
-    if pad is not None:
-        index = xp.take(index, place(pad, xp.int64), axis=0)
+        return Selection([place(_host_one_hot(host, n, k), dtype)], target, False)
     return Selection([_one_hot(xp, index, k, dtype, device)], target, False)

@@ -28,8 +28,8 @@ def _is_pair(model: Any) -> bool:
 class NumpyAdapter(Adapter):
     name = "numpy"
 
-    def __init__(self, f: Callable, grad_f: Callable, output_fn: Callable | None = None):
-        self.f, self.grad_f, self.output_fn = f, grad_f, output_fn
+    def __init__(self, f: Callable, grad_f: Callable):
+        self.f, self.grad_f = f, grad_f
         self.xp = None  # the namespace of whatever arrays come in
 
     def forward(self, points: tuple):
@@ -50,6 +50,14 @@ class NumpyAdapter(Adapter):
                 c = xp.reshape(cot, (m, cot.shape[1]) + (1,) * (p.ndim - 1))
                 grads.append(xp.sum(j * c, axis=1))
         return out, tuple(grads)
+
+    def compose(self, fn: Callable):
+        msg = (
+            "a callable `target` needs the gradient of the output it selects, which framework='numpy' "
+            "cannot derive from (f, grad_f); pass the pair (f, grad_f) of the scalar you explain, "
+            "or an int or list of ints as `target`"
+        )
+        raise TypeError(msg)
 
 
 def make(model: Any) -> NumpyAdapter:
