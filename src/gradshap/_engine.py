@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gradshap import _sampling, _targets, _tiling, _validation
-from gradshap.backends import Adapter
+from gradshap.backends import Adapter, require
 
 __all__ = ["Result", "composer", "run"]
 
@@ -612,7 +612,5 @@ def _global_rng_guard():
 def _progress_bar(progress: bool, total: int | None):
     if not progress:
         return None
-    from gradshap.backends import require
-
     tqdm = require("tqdm", "plots")
     return tqdm.tqdm(total=total, unit="grad", desc="gradshap", dynamic_ncols=True)

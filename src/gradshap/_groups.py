@@ -12,14 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from gradshap._arrays import to_numpy
-
-if TYPE_CHECKING:  # annotations only: explanation.py imports this module
-    from gradshap.explanation import Explanation
 
 __all__ = ["CONFUSION", "Group", "GroupedExplanation", "confusion_labels", "z_value"]
 
@@ -106,7 +103,7 @@ class Group:
 
     name: Any
     rows: np.ndarray
-    explanation: Explanation
+    explanation: Any  # the Explanation of those rows
     level: float
     mean: Any
     stderr: Any
@@ -130,7 +127,7 @@ class Group:
         return _per_input(lambda s: z * s, self.stderr)
 
     @classmethod
-    def of(cls, name: Any, rows: np.ndarray, explanation: Explanation, level: float) -> "Group":
+    def of(cls, name: Any, rows: np.ndarray, explanation: Any, level: float) -> "Group":
         exp = explanation.to_numpy()
         z = z_value(level)
         values = _per_input(_as_float, exp.values)
@@ -173,7 +170,7 @@ class GroupedExplanation(Mapping):
     order; ``grouped.mean`` etc. stack the groups' statistics on a new first axis.
     """
 
-    def __init__(self, explanation: Explanation, labels: Any, *, order: Sequence | None = None, level: float = 0.95):
+    def __init__(self, explanation: Any, labels: Any, *, order: Sequence | None = None, level: float = 0.95):
         z_value(level)  # checks `level`
         n = len(explanation)
         labels = _host(labels)

@@ -13,6 +13,7 @@ import numpy as np
 
 from gradshap._arrays import to_numpy
 from gradshap._groups import GroupedExplanation
+from gradshap.backends import require
 
 __all__ = ["Explanation", "to_numpy"]
 
@@ -265,8 +266,6 @@ class Explanation:
         model with several inputs, a tuple of shap Explanations (one per input) sharing
         the base values.
         """
-        from gradshap.backends import require
-
         shap = require("shap", "test")
         exp = self.to_numpy()
         if isinstance(exp.values, tuple):

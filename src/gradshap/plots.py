@@ -27,6 +27,7 @@ import numpy as np
 
 from gradshap._groups import Group, GroupedExplanation, z_value
 from gradshap.explanation import Explanation
+from gradshap.backends import require
 
 __all__ = ["bar", "beeswarm", "completeness", "image", "importance", "waterfall"]
 
@@ -38,8 +39,6 @@ _GROUP_COLORS = ("#2a9d8f", "#e9c46a", "#e76f51", "#6d597a", "#264653", "#f4a261
 
 def _mpl():
     """matplotlib.pyplot, or an ImportError that says what to install."""
-    from gradshap.backends import require
-
     require("matplotlib", "plots")
     import matplotlib.pyplot as plt
 
