@@ -98,11 +98,13 @@ class JaxAdapter(Adapter):
     name = "jax"
     compiles = True
 
-    def __init__(self, model: Any, output_fn: Callable | None = None):
+    def __init__(self, model: Any, output_fn: Callable | None = None, functional: tuple | None = None):
+        """``functional``: ``(apply(params, *points), params())`` (default: from the model's kind)."""
         jax = require("jax")
         self.xp = jax.numpy
         self.model, self.output_fn = model, output_fn
-        apply, self._params = _functional(model)
+        self._functional = functional if functional is not None else _functional(model)
+        apply, self._params = self._functional
 
         def call(params, points):
             out = apply(params, *points)
@@ -129,7 +131,9 @@ class JaxAdapter(Adapter):
         return "RESOURCE_EXHAUSTED" in str(err) and "emory" in str(err)
 
     def compose(self, fn: Callable) -> "JaxAdapter":
-        return JaxAdapter(self.model, fn)
+        adapter = JaxAdapter(self.model, fn, self._functional)
+        adapter.name = self.name
+        return adapter
 
 
 def make(model: Any) -> JaxAdapter:

@@ -3,10 +3,9 @@
 Always called with ``training=False``; variables (BatchNorm statistics included) are never
 written. Per backend:
 
-- jax: ``model.stateless_call(trainable, non_trainable, x, training=False)`` under
-  ``jax.jit`` with the variables as arguments (read afresh at every call);
-- tensorflow: the TensorFlow adapter (``tf.GradientTape`` in a ``tf.function``);
-- torch: the torch adapter (``torch.autograd``; eval mode and ``requires_grad`` restored).
+- jax: the JAX adapter on ``model.stateless_call(trainable, non_trainable, x,
+  training=False)``, the variables as arguments (read afresh at every call);
+- tensorflow, torch: the TensorFlow or torch adapter on ``model(x, training=False)``.
 
 Inputs may be the backend's tensors or NumPy arrays (as Keras itself accepts); NumPy in
 gives NumPy out. A model with several inputs receives them as one list, the Keras way.
@@ -27,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gradshap.backends import Adapter, require
-from gradshap.backends.jax import compile_jitted, vjp_of
+from gradshap.backends.jax import JaxAdapter
 from gradshap.backends.tensorflow import TensorFlowAdapter
 from gradshap.backends.torch import TorchAdapter
 
@@ -41,56 +40,21 @@ def _pack(points):
     return points[0] if len(points) == 1 else list(points)
 
 
-class _KerasJax(Adapter):
-    """``stateless_call`` under ``jax.jit``, the variables as arguments."""
+def _stateless(model: Any) -> tuple:
+    """``(apply(variables, *points), variables())``: ``stateless_call`` with ``training=False``,
+    the variables read afresh at every call (the JAX adapter passes them as arguments)."""
+    # stateless_call runs `call` directly, which may not take `training`.
+    params = inspect.signature(model.call).parameters
+    kwargs = {"training": False} if "training" in params or any(
+        p.kind is p.VAR_KEYWORD for p in params.values()) else {}
 
-    compiles = True
+    def apply(variables, *points):
+        return model.stateless_call(*variables, _pack(points), **kwargs)[0]
 
-    def __init__(self, model: Any, output_fn: Callable | None = None):
-        jax = require("jax")
-        self.xp = jax.numpy
-        self.model, self.output_fn = model, output_fn
-        # stateless_call runs `call` directly, which may not take `training`.
-        params = inspect.signature(model.call).parameters
-        kwargs = {"training": False} if "training" in params or any(
-            p.kind is p.VAR_KEYWORD for p in params.values()) else {}
+    def variables():
+        return [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
 
-        def call(variables, points):
-            out, _ = model.stateless_call(*variables, _pack(points), **kwargs)
-            return out if output_fn is None else output_fn(out)
-
-        self._raw_value_and_grad = vjp_of(call)
-        self._forward = jax.jit(call)
-        self._value_and_grad = jax.jit(self._raw_value_and_grad)
-        self._compiled: dict = {}
-
-    def _variables(self):
-        m = self.model
-        return [v.value for v in m.trainable_variables], [v.value for v in m.non_trainable_variables]
-
-    def forward(self, points: tuple):
-        return self._forward(self._variables(), tuple(points))
-
-    def value_and_grad(self, points: tuple, cotangent):
-        out, grads = self._value_and_grad(self._variables(), tuple(points), cotangent)
-        return out, tuple(grads)
-
-    def compile(self, fn: Callable) -> Callable:
-        if fn not in self._compiled:
-            self._compiled[fn] = compile_jitted(fn, self._raw_value_and_grad, self._variables)
-        return self._compiled[fn]
-
-    def compose(self, fn: Callable) -> "_KerasJax":
-        return _KerasJax(self.model, fn)
-
-
-class _KerasTorch(TorchAdapter):
-    def _call(self, points: tuple):
-        out = self.model(_pack(points), training=False)
-        return out if self.output_fn is None else self.output_fn(out)
-
-    def compose(self, fn: Callable) -> "_KerasTorch":
-        return _KerasTorch(self.model, fn)
+    return apply, variables
 
 
 class KerasAdapter(Adapter):
@@ -191,10 +155,11 @@ def make(model: Any) -> Adapter:
     _check_continuous_inputs(keras, model)
     backend = keras.backend.backend()
     if backend == "jax":
-        return KerasAdapter(_KerasJax(model))
+        return KerasAdapter(JaxAdapter(model, functional=_stateless(model)))
+    call = lambda points: model(_pack(points), training=False)  # noqa: E731
     if backend == "torch":
-        return KerasAdapter(_KerasTorch(model))
+        return KerasAdapter(TorchAdapter(model, call=call))
     if backend == "tensorflow":
-        return KerasAdapter(TensorFlowAdapter(model, call=lambda points: model(_pack(points), training=False)))
+        return KerasAdapter(TensorFlowAdapter(model, call=call))
     msg = f"Keras backend {backend!r} is not supported; use tensorflow, jax or torch"
     raise NotImplementedError(msg)

@@ -19,13 +19,14 @@ def recognizes(model: Any, arrays: tuple) -> bool:
 class TorchAdapter(Adapter):
     name = "torch"
 
-    def __init__(self, model: Callable, output_fn: Callable | None = None):
+    def __init__(self, model: Callable, output_fn: Callable | None = None, call: Callable | None = None):
+        """``call(points)``: how the model is called (default ``model(*points)``)."""
         self._torch = require("torch")
         from array_api_compat import torch as xp
 
         self.xp = xp
-        self.model = model
-        self.output_fn = output_fn
+        self.model, self.output_fn = model, output_fn
+        self._call_model = call if call is not None else (lambda points: model(*points))
         # Convolutions on CPU run faster on channels-last (NHWC) activations (oneDNN's
         # native layout): images are handed to a model with Conv2d layers in that layout.
         # A model that cannot take it (a .view() on the activations) is detected on the
@@ -46,7 +47,7 @@ class TorchAdapter(Adapter):
         return p.contiguous(memory_format=self._torch.channels_last)
 
     def _call(self, points: tuple):
-        out = self.model(*points)
+        out = self._call_model(points)
         return out if self.output_fn is None else self.output_fn(out)
 
     def _checked(self, fn: Callable, points: tuple):
@@ -87,7 +88,9 @@ class TorchAdapter(Adapter):
         return isinstance(err, self._torch.OutOfMemoryError)
 
     def compose(self, fn: Callable) -> "TorchAdapter":
-        return TorchAdapter(self.model, fn)
+        adapter = TorchAdapter(self.model, fn, self._call_model)
+        adapter.name = self.name
+        return adapter
 
     @contextlib.contextmanager
     def session(self):
