@@ -52,8 +52,8 @@ resident when freed, so a reading counts whichever buffers the allocator happene
 keep (gradshap on the torch MLP read 17.3 MiB in one run and 21.0 MiB in the next, at
 one setting). With the threshold fixed, big buffers are mapped and unmapped as they are
 made and freed, and the rise is the peak of live memory (5.52-5.57 MiB over six runs).
-gradshap's memory rows call it with a new seed each time (1, 2, ...): a call at the seed
-of the call before finds that call's draws kept, and its reading would leave them out.
+gradshap's memory rows call it with a new seed each time (1, 2, ...), as they did when
+gradshap kept the draws of the call before (up to a753be7), so that readings compare.
 
 Outputs (``--out``, default ``benchmarks/results``): ``bench.json``, ``bench.md`` and
 ``bench.png``.
@@ -630,8 +630,8 @@ def _gradshap_row(group: Group, model, case: Case, opts: dict, background: np.nd
 
 def _gradshap_runner(group, explainer, x, case, n_samples, *, fresh_seeds: bool = False):
     """One call of ``explainer`` at seed 0; with ``fresh_seeds``, at seeds 1, 2, ... (the
-    memory rows: a seeded call finds the draws of the call before kept, and a reading
-    would then leave them out)."""
+    memory rows, whose readings then compare with those of trees that kept the draws of
+    the call before, up to a753be7)."""
     seeds = itertools.count(1) if fresh_seeds else itertools.repeat(0)
 
     def run():
