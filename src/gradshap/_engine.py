@@ -313,7 +313,7 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
         return xp.asarray(a, dtype=dtype, device=device)
 
     def rows_of(ids: np.ndarray) -> list:
-        if ids[-1] - ids[0] + 1 == ids.size and np.all(np.diff(ids) == 1):  # a slice: a view
+        if np.all(np.diff(ids) == 1):  # consecutive rows: a slice, a view
             return [a[int(ids[0]) : int(ids[-1]) + 1, ...] for a in (*x, cot_rows)]
         at = host(ids, xp.int64)
         return [xp.take(a, at, axis=0) for a in (*x, cot_rows)]
