@@ -54,6 +54,8 @@ class Result:
     target: Any
     sampler: str
     n_samples: Any  # an int, or in adaptive mode the samples used per row (numpy array)
+    seed: int | None = None  # the integer seed the draws came from
+    row_ids: Any = None  # the rows' ids (int64 numpy array) that keyed the draws
 
 
 def _accumulation_dtype(xp, dtype):
@@ -285,13 +287,14 @@ def _noise(design: _sampling.Design, tiling: _tiling.Tiling, key: int, ids: np.n
 
 
 def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, tiling, key, stdevs, compiled, bar,
-               rtol=None, max_blocks=1):
+               rtol=None, max_blocks=1, row_ids=None):
     """Values and variances per input ``(n, F)``, samples used per row, and whether each met ``rtol``.
 
     Rows go in groups of the tiling's rows. Each group takes one block of
     ``design.n_samples`` samples per row; in adaptive mode the rows that have not met
     ``rtol`` take as many blocks again, until ``max_blocks``. ``gap``: each row's
     completeness target ``f(x) - base`` (adaptive mode checks the values' sum against it).
+    Draws are keyed by ``row_ids`` (default: the rows' positions); positions index ``x``.
     """
     n, acc = x[0].shape[0], _accumulation_dtype(xp, x[0].dtype)
     device = _validation.device_of(xp, x[0])
@@ -357,13 +360,14 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
         blocks, new = 0, 1
         while True:
             for block in range(blocks, blocks + new):
-                index, alpha, _ = _sampling.draw(design, key, ids, block, 0, n0)
+                drawn = ids if row_ids is None else row_ids[ids]
+                index, alpha, _ = _sampling.draw(design, key, drawn, block, 0, n0, positions=ids)
                 index, alpha = _layout(index, design, tiling, 0), _layout(alpha, design, tiling, 0.5)
                 for group, p0, cut, w_column, count, w, inv_w in tiles:
                     noise = None
                     if stdevs > 0:
                         c0 = tiling.column_starts[group]
-                        noise = [host(z) for z in _noise(design, tiling, key, ids, block, p0, c0, sizes, stdevs)]
+                        noise = [host(z) for z in _noise(design, tiling, key, drawn, block, p0, c0, sizes, stdevs)]
                     means, m2s, sums = step(xp, x_rows, background, cot, host(index[(slice(None), *cut)], xp.int64),
                                             host(alpha[(slice(None), *cut)]), w, inv_w, noise,
                                             per_column=per_column, nodes=nodes)
@@ -463,6 +467,7 @@ def run(
     rtol: float | None = None,
     max_samples: int | None = None,
     compose: Callable | None = None,
+    row_ids: Any = None,
 ) -> Result:
     """Validate, then explain ``x`` against ``background`` through ``adapter``.
 
@@ -472,6 +477,8 @@ def run(
     the norm of its values (and, without smoothing, so is its completeness residual),
     or until ``max_samples``; ``Result.n_samples`` then holds the samples used per row.
     ``compose(fn)``: the adapter followed by a callable target (:func:`composer`).
+    ``row_ids``: one distinct non-negative id per row (default ``arange(n)``); every draw
+    is keyed by (seed, row id), so any partition of a dataset gives one call's numbers.
     """
     n_samples = _validation.check_positive_int(n_samples, "n_samples")
     stdevs = _validation.check_nonnegative_float(stdevs, "stdevs")
@@ -493,7 +500,9 @@ def run(
     # The framework's compiled steps where the inputs are its own arrays; else eager ones
     # (Keras with NumPy inputs converts at each VJP).
     compile = adapter.compile if native else Adapter.compile.__get__(adapter)
+    seed = _sampling.resolve_seed(seed)
     key = _sampling.seed_key(seed)
+    row_ids = _validation.check_row_ids(row_ids, n)
     with _global_rng_guard(), adapter.session():
         what = "the output of the callable `target`" if composed else "the model's output"
         out_x = _targets.as_matrix(xp, _outputs(adapter, xp, x, batch_size, compiled, what), n, what)
@@ -522,7 +531,8 @@ def run(
                         tiling = _tiling.plan(design.n_samples, design.columns, batch_size)
                         vals, var, used, met = _attribute(
                             adapter, xp, compile, x, background, cot, gap, design=design, tiling=tiling, key=key,
-                            stdevs=stdevs, compiled=compiled, bar=bar, rtol=rtol, max_blocks=max_blocks)
+                            stdevs=stdevs, compiled=compiled, bar=bar, rtol=rtol, max_blocks=max_blocks,
+                            row_ids=row_ids)
                         break
                     except Exception as err:
                         if batch_size == 1 or not adapter.is_out_of_memory(err):
@@ -549,7 +559,7 @@ def run(
     used = design.n_samples
     if rtol is not None:
         used = np.stack([t[5] for t in per_target], axis=-1) if many else per_target[0][5]
-    return Result(values, stderr, base, output, delta, selection.label, design.name, used)
+    return Result(values, stderr, base, output, delta, selection.label, design.name, used, seed, row_ids)
 
 
 def composer(adapter: Adapter, kept: int = 8) -> Callable:

@@ -64,6 +64,7 @@ class GradientExplainer:
         progress: bool = False,
         rtol: float | None = None,
         max_samples: int | None = None,
+        row_ids: Any = None,
     ) -> Explanation:
         """Explain the rows of ``x``.
 
@@ -92,7 +93,8 @@ class GradientExplainer:
             local smoothing). The completeness target becomes ``E f(x + noise) - E f(b)``.
         seed : int, numpy.random.Generator or None
             Fixes every draw. The same seed gives the same values for any batch size and
-            in every framework.
+            in every framework. ``None`` takes a fresh seed (and a Generator gives one);
+            the integer used is ``Explanation.seed``.
         progress : bool
             Show a tqdm progress bar.
         rtol : float, optional
@@ -103,6 +105,11 @@ class GradientExplainer:
         max_samples : int, optional
             Adaptive mode's budget per row (default ``32 * n_samples``). Rows that do not
             reach ``rtol`` within it are returned with a RuntimeWarning.
+        row_ids : array of ints, optional
+            One distinct non-negative id per row of ``x`` (default ``0..n-1``). Draws are
+            keyed by (seed, row id), so rows explained in pieces, in any order and on any
+            worker, get the numbers of one call over them all:
+            :meth:`Explanation.concat` joins the pieces.
         """
         xs = _validation.as_inputs(x, "x")
         xp = _validation.namespace_of(xs + self._background, "x")
@@ -110,6 +117,7 @@ class GradientExplainer:
             self.adapter, xs, self._background, target=target, n_samples=n_samples,
             sampler=sampler, stdevs=stdevs, seed=seed, batch_size=self.batch_size,
             progress=progress, xp=xp, rtol=rtol, max_samples=max_samples, compose=self._compose,
+            row_ids=row_ids,
         )
         return Explanation.from_result(
             result, data=x, many_inputs=isinstance(x, (tuple, list)), feature_names=self.feature_names
@@ -161,6 +169,7 @@ def expected_gradients(
     xp: Any = None,
     rtol: float | None = None,
     max_samples: int | None = None,
+    row_ids: Any = None,
 ):
     """Expected Gradients for any differentiable function, in any array-API namespace.
 
@@ -176,7 +185,7 @@ def expected_gradients(
         Rows to explain, and the background rows whose distribution defines "absent".
     target : None
         With a plain ``value_and_grad`` the function is already scalar: leave ``None``.
-    n_samples, sampler, stdevs, seed, batch_size, progress, rtol, max_samples
+    n_samples, sampler, stdevs, seed, batch_size, progress, rtol, max_samples, row_ids
         As for :class:`gradshap.GradientExplainer`.
     xp : array namespace, optional
         Inferred from ``x`` when not given.
@@ -208,5 +217,6 @@ def expected_gradients(
     result = _engine.run(
         adapter, xs, bgs, target=target, n_samples=n_samples, sampler=sampler, stdevs=stdevs,
         seed=seed, batch_size=batch_size, progress=progress, xp=xp, rtol=rtol, max_samples=max_samples,
+        row_ids=row_ids,
     )
     return Explanation.from_result(result, data=x, many_inputs=isinstance(x, (tuple, list)))

@@ -51,6 +51,7 @@ __all__ = [
     "draw",
     "normals",
     "plan",
+    "resolve_seed",
     "samples",
     "rule_design",
     "seed_key",
@@ -113,6 +114,18 @@ def seed_key(seed: int | np.random.Generator | None) -> int:
     if is_int:
         raise ValueError(msg)
     raise TypeError(msg)
+
+
+def resolve_seed(seed: int | np.random.Generator | None) -> int:
+    """The integer seed a call uses and records: ``seed`` itself, a fresh one from OS
+    entropy for ``None``, or one drawn from a Generator (which advances it). Handing the
+    integer to another call or worker repeats every draw."""
+    if seed is None:
+        return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(0, 2**63, dtype=np.int64))
+    seed_key(seed)  # checks it
+    return int(seed)
 
 
 def _subkey(key: int, *parts: int) -> int:
@@ -299,10 +312,12 @@ def rule_design(method: str, n_steps: int, *, paired: bool) -> Design:
 # --------------------------------------------------------------------------- draws
 
 
-def draw(design: Design, key: int, rows: np.ndarray, block: int, start: int, stop: int):
-    """Samples ``start..stop-1`` of block ``block`` for input rows ``rows``.
+def draw(design: Design, key: int, rows: np.ndarray, block: int, start: int, stop: int,
+         positions: np.ndarray | None = None):
+    """Samples ``start..stop-1`` of block ``block`` for input rows ``rows`` (their ids).
 
-    Returns baseline indices ``(k, s)`` int64, alphas ``(k, s)`` float64 and weights
+    ``positions``: where the rows sit in the call (default ``rows``); a paired design
+    (one baseline per row) picks each row's baseline by it. Returns baseline indices ``(k, s)`` int64, alphas ``(k, s)`` float64 and weights
     ``(s,)`` float64 (the same for every row).
     """
     rows = np.asarray(rows, dtype=np.int64)
@@ -320,7 +335,8 @@ def draw(design: Design, key: int, rows: np.ndarray, block: int, start: int, sto
         if kind == "exhaustive":
             return np.broadcast_to(j % design.columns, shape).copy(), alpha, weights
         # Integrated Gradients: one baseline, or row r's own baseline.
-        index = rows[:, None] if design.paired else np.zeros((1, 1), np.int64)
+        at = rows if positions is None else np.asarray(positions, dtype=np.int64)
+        index = at[:, None] if design.paired else np.zeros((1, 1), np.int64)
         return np.broadcast_to(index, shape).copy(), alpha, weights
     if kind == "sobol":
         return (*_sobol(design, key, rows, block, j), weights)

@@ -17,6 +17,7 @@ __all__ = [
     "check_adaptive",
     "check_arrays",
     "check_positive_int",
+    "check_row_ids",
     "check_nonnegative_float",
     "device_of",
     "is_lazy",
@@ -170,3 +171,27 @@ def check_adaptive(rtol, max_samples, n_samples: int, design) -> tuple[float | N
         msg = f"`max_samples` must be >= `n_samples` ({n_samples}), the first round; got {max_samples}"
         raise ValueError(msg)
     return rtol, max_samples // n_samples
+
+
+def check_row_ids(row_ids: Any, n: int) -> np.ndarray:
+    """``row_ids`` as an int64 NumPy array of ``n`` distinct non-negative ids (``arange(n)``
+    for ``None``). Arrays of any framework are read on the host; nothing is cast from floats."""
+    if row_ids is None:
+        return np.arange(n, dtype=np.int64)
+    ids = to_numpy(row_ids) if (is_tf_tensor(row_ids) or hasattr(row_ids, "__dlpack__")) else np.asarray(row_ids)
+    if ids.dtype == bool or not np.issubdtype(ids.dtype, np.integer):
+        msg = f"`row_ids` must hold integers (one id per row of `x`); got dtype {ids.dtype}"
+        raise TypeError(msg)
+    if ids.shape != (n,):
+        msg = f"`row_ids` must have shape {shape_str((n,))}, one id per row of `x`; got shape {shape_str(ids.shape)}"
+        raise ValueError(msg)
+    if n and (ids.min() < 0 or (ids.dtype == np.uint64 and ids.max() > np.iinfo(np.int64).max)):
+        msg = f"`row_ids` must be non-negative and below 2**63; got values {ids.min()}..{ids.max()}"
+        raise ValueError(msg)
+    ids = ids.astype(np.int64)
+    if np.unique(ids).size != n:
+        seen, counts = np.unique(ids, return_counts=True)
+        repeated = ", ".join(map(str, seen[counts > 1][:5]))
+        msg = f"`row_ids` must be distinct (each row's draws are keyed by its id); repeated: {repeated}"
+        raise ValueError(msg)
+    return ids

@@ -11,14 +11,14 @@ from typing import Any, Sequence
 import array_api_compat as aac
 import numpy as np
 
-from gradshap._arrays import to_numpy
+from gradshap._arrays import is_tf_tensor, to_numpy
 from gradshap._groups import GroupedExplanation
 from gradshap.backends import require
 
 __all__ = ["Explanation", "to_numpy"]
 
 #: Fields that hold one entry per row (arrays, or tuples of arrays for several inputs).
-_ROW_FIELDS = ("values", "base_values", "output", "delta", "stderr", "data")
+_ROW_FIELDS = ("values", "base_values", "output", "delta", "stderr", "data", "row_ids")
 _FORMAT = "gradshap.Explanation"
 _FORMAT_VERSION = 1
 
@@ -111,6 +111,9 @@ class Explanation:
     sampler : the concrete sampling design used.
     n_samples : samples (gradient evaluations) per row and target; in adaptive mode
         (``rtol``) a NumPy array of the samples each row used, ``(n,)`` or ``(n, T)``.
+    seed : the integer seed the draws came from (``seed=None`` resolves to a fresh one).
+    row_ids : int64 NumPy array (n,), each row's id; the draws are keyed by (seed, row id).
+        :meth:`concat` joins pieces explained separately by these ids.
 
     Indexing selects rows and keeps the row axis: ``exp[3]`` is a one-row Explanation,
     ``exp[:10]``, ``exp[mask]`` (a boolean mask) and ``exp[[0, 5]]`` select several.
@@ -136,6 +139,8 @@ class Explanation:
     target: Any = None
     sampler: str | None = None
     n_samples: Any = None
+    seed: int | None = None
+    row_ids: Any = None
     extras: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -152,6 +157,8 @@ class Explanation:
             target=result.target,
             sampler=result.sampler,
             n_samples=result.n_samples,
+            seed=result.seed,
+            row_ids=result.row_ids,
         )
 
     # ------------------------------------------------------------------ basics
@@ -231,6 +238,56 @@ class Explanation:
             self, values=last(self.values), stderr=last(self.stderr), base_values=last(self.base_values),
             output=last(self.output), delta=last(self.delta), target=self.target[k], extras=dict(self.extras),
         )
+
+    # ------------------------------------------------------------------ joining
+    @classmethod
+    def concat(cls, parts: Sequence["Explanation"]) -> "Explanation":
+        """One Explanation from pieces explained separately, rows in increasing row id.
+
+        The pieces may come in any order (from workers, retries, files): their rows are
+        put in order of ``row_ids``. Pieces explained with one seed, sampler and target
+        (and ``row_ids`` for their rows) join into exactly the numbers of one call over
+        all the rows. The pieces must agree on ``seed``, ``sampler``, ``target`` (per-row
+        targets are joined), ``n_samples`` (unless adaptive), ``feature_names`` and the
+        shapes of a row; their row ids must be distinct. Arrays stay in their framework
+        (every piece must use the same one).
+
+        Examples
+        --------
+        >>> import numpy as np, gradshap
+        >>> w = np.array([1.0, -2.0])
+        >>> vg = lambda p: (p @ w, np.broadcast_to(w, p.shape))
+        >>> x, bg = np.arange(8.0).reshape(4, 2), np.zeros((3, 2))
+        >>> whole = gradshap.expected_gradients(vg, x, bg, n_samples=4, seed=1)
+        >>> tail = gradshap.expected_gradients(vg, x[2:], bg, n_samples=4, seed=1, row_ids=[2, 3])
+        >>> head = gradshap.expected_gradients(vg, x[:2], bg, n_samples=4, seed=1)
+        >>> joined = gradshap.Explanation.concat([tail, head])
+        >>> joined.row_ids.tolist(), np.array_equal(joined.values, whole.values)
+        ([0, 1, 2, 3], True)
+        """
+        parts = list(parts)
+        if not parts or not all(isinstance(p, Explanation) for p in parts):
+            msg = f"`parts` must be a non-empty sequence of Explanations; got {[type(p).__name__ for p in parts]}"
+            raise TypeError(msg)
+        first = parts[0]
+        for k, p in enumerate(parts):
+            if p.row_ids is None:
+                msg = f"`parts[{k}]` has no row_ids (an Explanation loaded from an older file?); set its row_ids first"
+                raise ValueError(msg)
+            _check_agree(first, p, k)
+        ids = np.concatenate([np.asarray(p.row_ids, dtype=np.int64) for p in parts])
+        order = np.argsort(ids, kind="stable")
+        repeated = ids[order][1:][np.diff(ids[order]) == 0]
+        if repeated.size:
+            msg = f"the parts' `row_ids` must be distinct; repeated: {', '.join(map(str, repeated[:5]))}"
+            raise ValueError(msg)
+        index: Any = slice(None) if np.array_equal(order, np.arange(order.size)) else order
+        changes = {name: _take(_join([getattr(p, name) for p in parts], name), index) for name in _ROW_FIELDS}
+        if first._per_row_target():
+            changes["target"] = _take(_join([p.target for p in parts], "target"), index)
+        if isinstance(first.n_samples, np.ndarray):
+            changes["n_samples"] = np.concatenate([p.n_samples for p in parts])[index]
+        return replace(first, **changes, extras={})
 
     # --------------------------------------------------------------- grouping
     def groupby(self, labels: Any, *, order: Sequence | None = None, level: float = 0.95):
@@ -314,6 +371,7 @@ class Explanation:
             "target": target_meta,
             "feature_names": _json_names(exp.feature_names),
             "sampler": exp.sampler,
+            "seed": None if exp.seed is None else int(exp.seed),
             "n_samples": None if exp.n_samples is None else
             "array" if isinstance(exp.n_samples, np.ndarray) else int(exp.n_samples),
         }
@@ -352,7 +410,60 @@ class Explanation:
         names = meta["feature_names"]
         if names is not None and names and isinstance(names[0], list):
             names = tuple(names)
-        return cls(feature_names=names, sampler=meta["sampler"], n_samples=n_samples, **kwargs)
+        return cls(feature_names=names, sampler=meta["sampler"], n_samples=n_samples, seed=meta.get("seed"), **kwargs)
+
+
+def _check_agree(first: "Explanation", other: "Explanation", k: int) -> None:
+    """Raise unless ``other`` (``parts[k]``) was explained like ``first``."""
+    def same(a, b) -> bool:
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            return isinstance(a, np.ndarray) and isinstance(b, np.ndarray)  # adaptive: joined per row
+        return a == b
+
+    checks = [("seed", first.seed, other.seed), ("sampler", first.sampler, other.sampler),
+              ("n_samples", first.n_samples, other.n_samples), ("feature_names", first.feature_names, other.feature_names)]
+    if first._per_row_target() != other._per_row_target():
+        checks.append(("target", "per row" if first._per_row_target() else first.target,
+                       "per row" if other._per_row_target() else other.target))
+    elif not first._per_row_target():
+        checks.append(("target", first.target, other.target))
+    for name, a, b in checks:
+        if not same(a, b):
+            msg = (f"`parts[{k}]` has {name}={_short(b)} but `parts[0]` has {name}={_short(a)}; only pieces "
+                   "explained alike (same seed, sampler, target, n_samples) join into one Explanation")
+            raise ValueError(msg)
+    rows = [tuple(tuple(v.shape[1:]) for v in e.values) if isinstance(e.values, tuple) else tuple(e.values.shape[1:])
+            for e in (first, other)]
+    if rows[0] != rows[1]:
+        msg = f"`parts[{k}]` has rows of shape {rows[1]} but `parts[0]` has rows of shape {rows[0]}"
+        raise ValueError(msg)
+
+
+def _short(value: Any) -> str:
+    return f"array{tuple(value.shape)}" if isinstance(value, np.ndarray) else repr(value)
+
+
+def _join(arrays: list, name: str) -> Any:
+    """The arrays of one field, one per part, joined along rows (tuples elementwise)."""
+    if all(a is None for a in arrays):
+        return None
+    if any(a is None for a in arrays):
+        msg = f"`{name}` is missing from some parts but not from others; all parts must carry it or none"
+        raise ValueError(msg)
+    if isinstance(arrays[0], tuple):
+        return tuple(_join([a[k] for a in arrays], f"{name}[{k}]") for k in range(len(arrays[0])))
+    kinds = {type(a).__module__.split(".")[0] for a in arrays}
+    if len(kinds) > 1:
+        msg = f"`{name}` comes from several frameworks in the parts ({', '.join(sorted(kinds))}); convert them to one first (e.g. .to_numpy())"
+        raise TypeError(msg)
+    if isinstance(arrays[0], np.ndarray):
+        return np.concatenate(arrays, axis=0)
+    if is_tf_tensor(arrays[0]):
+        import tensorflow as tf  # already imported: a tf.Tensor exists
+
+        return tf.concat(arrays, axis=0)
+    xp = aac.array_namespace(*arrays)
+    return xp.concat(arrays, axis=0)
 
 
 def _savable(a: np.ndarray, name: str) -> np.ndarray:
