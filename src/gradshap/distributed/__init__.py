@@ -11,7 +11,8 @@ when called (``pip install gradshap[ray]`` or ``gradshap[dask]``).
 
 from gradshap.distributed._dask import LazyExplanation as LazyExplanation
 from gradshap.distributed._dask import explain_dask_array as explain_dask_array
+from gradshap.distributed._ray import explain_ray_dataset as explain_ray_dataset
 from gradshap.distributed._rows import explain_rows as explain_rows
 from gradshap.distributed._rows import from_records as from_records
 
-__all__ = ["LazyExplanation", "explain_dask_array", "explain_rows", "from_records"]
+__all__ = ["LazyExplanation", "explain_dask_array", "explain_ray_dataset", "explain_rows", "from_records"]
