@@ -173,3 +173,22 @@ def reference_estimate(grad, x: np.ndarray, background: np.ndarray, *, n_samples
     diff = x[:, None, :] - base
     g = np.reshape(grad(np.reshape(base + alpha[..., None] * diff, (-1, d))), diff.shape)
     return np.einsum("s,nsd->nd", w, diff * g)
+
+
+#: The per-row fields of an Explanation that partition invariance compares.
+ROW_FIELDS = ("values", "stderr", "base_values", "output", "delta")
+
+
+def assert_same_rows(exp, whole, host=np.asarray) -> None:
+    """``exp`` (rows explained in pieces and joined) holds ``whole``'s numbers: the same row
+    ids, seed and sampler, and every per-row field equal to 1e-12 relative with the same
+    shape and dtype. ``delta`` is a difference of terms of the size of ``output`` and
+    ``base_values``: its rounding is relative to those."""
+    np.testing.assert_array_equal(exp.row_ids, whole.row_ids)
+    assert exp.seed == whole.seed and exp.sampler == whole.sampler
+    scale = max(np.max(np.abs(host(getattr(whole, name)))) for name in ("output", "base_values"))
+    for name in ROW_FIELDS:
+        a, b = host(getattr(exp, name)), host(getattr(whole, name))
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        floor = 1e-12 * scale if name == "delta" else 1e-14 * np.max(np.abs(b))
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=floor, err_msg=name)

@@ -11,11 +11,10 @@ from analytic_models import network
 
 import gradshap
 from gradshap import Explanation
-from models import mlp_weights
+from models import ROW_FIELDS, assert_same_rows, mlp_weights
 
 #: The samplers of DESIGN.md ("auto" is "lattice").
 SAMPLERS = ("iid", "balanced", "lattice", "sobol", "exhaustive")
-FIELDS = ("values", "stderr", "base_values", "output", "delta")
 
 
 def _pieces(rng, n: int, k: int) -> list[np.ndarray]:
@@ -24,19 +23,6 @@ def _pieces(rng, n: int, k: int) -> list[np.ndarray]:
     perm = rng.permutation(n)
     cuts = np.sort(rng.choice(np.arange(1, n), size=k - 1, replace=False))
     return list(np.split(perm, cuts))
-
-
-def _assert_joined_equals(joined: Explanation, whole: Explanation, backend) -> None:
-    """Every per-row field of ``joined`` equals ``whole``'s to 1e-12 relative (float64).
-    ``delta`` is a difference of terms of the size of ``output``: relative to those."""
-    np.testing.assert_array_equal(joined.row_ids, whole.row_ids)
-    scale = max(np.max(np.abs(backend.host(getattr(whole, name)))) for name in ("output", "base_values"))
-    for name in FIELDS:
-        a, b = backend.host(getattr(joined, name)), backend.host(getattr(whole, name))
-        assert a.shape == b.shape and a.dtype == b.dtype == np.float64, name
-        floor = 1e-12 * scale if name == "delta" else 1e-14 * np.max(np.abs(b))
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=floor, err_msg=name)
-    assert joined.seed == whole.seed and joined.sampler == whole.sampler
 
 
 def _explain_in_pieces(call, x, pieces, take):
@@ -59,7 +45,7 @@ def test_any_partition_and_order_equals_one_call(backend, sampler, rng):
         return explainer(part, row_ids=row_ids, **options)
 
     joined = _explain_in_pieces(call, x, _pieces(rng, 13, 3), lambda a, p: backend.array(a[p]))
-    _assert_joined_equals(joined, whole, backend)
+    assert_same_rows(joined, whole, backend.host)
 
 
 def test_ids_not_positions_key_the_draws(rng):
@@ -94,7 +80,7 @@ def test_adaptive_rows_in_pieces_equal_one_call(rng):
     joined = Explanation.concat([gradshap.expected_gradients(model, x[p], bg, batch_size=40, row_ids=p, **options)
                                  for p in pieces])
     np.testing.assert_array_equal(joined.n_samples, whole.n_samples)
-    for name in FIELDS:
+    for name in ROW_FIELDS:
         np.testing.assert_allclose(getattr(joined, name), getattr(whole, name), rtol=1e-12, atol=1e-15)
 
 
@@ -111,7 +97,7 @@ def test_integrated_gradients_in_pieces_equal_one_call(backend, per_row, rng):
     whole = ig(np.arange(9))(backend.array(x), target=1, n_steps=16)
     pieces = _pieces(rng, 9, 3)
     joined = Explanation.concat([ig(p)(backend.array(x[p]), target=1, n_steps=16, row_ids=p) for p in pieces])
-    _assert_joined_equals(joined, whole, backend)
+    assert_same_rows(joined, whole, backend.host)
 
 
 def test_per_row_targets_join_with_their_rows(rng):
@@ -150,7 +136,7 @@ def test_rows_and_masks_keep_their_ids_and_rejoin(rng):
     mask = np.array([1, 0, 0, 1, 1, 0, 1], dtype=bool)
     assert exp[mask].row_ids.tolist() == [10, 13, 14, 16]
     joined = Explanation.concat([exp[~mask], exp[mask]])
-    for name in (*FIELDS, "data", "row_ids"):
+    for name in (*ROW_FIELDS, "data", "row_ids"):
         np.testing.assert_array_equal(getattr(joined, name), getattr(exp, name))
 
 
