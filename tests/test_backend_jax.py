@@ -236,3 +236,44 @@ def test_a_convolution_model_gives_the_same_numbers_at_any_batch_size(rng):
     np.testing.assert_allclose(np.asarray(results[0].stderr), np.asarray(results[1].stderr), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(np.asarray(results[0].delta), np.asarray(results[1].delta), rtol=1e-9, atol=1e-12)
     assert np.abs(np.asarray(results[0].values)).max() > 1e-3
+
+
+_DEVICES_SCRIPT = """
+import json, sys
+import jax, numpy as np, gradshap
+from models import jax_mlp, mlp_weights
+rng = np.random.default_rng(5)
+weights = mlp_weights(rng)
+bg, x = jax.numpy.asarray(rng.normal(size=(9, 6))), jax.numpy.asarray(rng.normal(size=(13, 6)))
+explainer = gradshap.GradientExplainer(jax_mlp(weights), bg, batch_size=int(sys.argv[1]))
+exp = explainer(x, target=[0, 2], n_samples=30, seed=3, stdevs=0.1)
+print(json.dumps({"devices": len(jax.devices()), "used": len(exp.values.sharding.device_set),
+                  "values": np.asarray(exp.values).tolist(), "stderr": np.asarray(exp.stderr).tolist(),
+                  "delta": np.asarray(exp.delta).tolist()}))
+"""
+
+
+@pytest.mark.parametrize("batch_size", [97, 4096])
+def test_every_device_of_the_host_gives_one_devices_numbers(batch_size):
+    """With 4 (virtual CPU) devices one call spreads its points over all of them and gives
+    the numbers of one device: with small chunks (their points padded where they do not
+    divide by 4) and with one chunk of every point."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import_or_fail("jax")
+    tests = os.path.dirname(__file__)
+    runs = {}
+    for count in (1, 4):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+               "JAX_ENABLE_X64": "1", "PYTHONPATH": os.pathsep.join([os.path.dirname(gradshap.__path__[0]), tests])}
+        out = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT, str(batch_size)], env=env, capture_output=True,
+                             text=True, check=True, timeout=300)
+        runs[count] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (runs[1]["devices"], runs[1]["used"]) == (1, 1)
+    assert (runs[4]["devices"], runs[4]["used"]) == (4, 4)
+    scale = np.max(np.abs(runs[1]["values"]))
+    for name in ("values", "stderr", "delta"):
+        np.testing.assert_allclose(runs[4][name], runs[1][name], rtol=1e-12, atol=1e-14 * scale, err_msg=name)
