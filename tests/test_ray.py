@@ -102,5 +102,7 @@ def test_bad_datasets_and_arguments_are_refused(ray):
         explain_ray_dataset(ds, _build, column="pixels")
     with pytest.raises(TypeError, match="row ids come from the column `id_column`='row_id'"):
         explain_ray_dataset(ds, _build, row_ids=[0])
+    with pytest.raises(ValueError, match=r"`concurrency` must be a positive int or a pair \(min, max\) of them; got 0"):
+        explain_ray_dataset(ds, _build, concurrency=0)
     with pytest.raises(TypeError, match="`dataset` must be a ray.data.Dataset; got numpy.ndarray"):
         explain_ray_dataset(np.zeros((2, 3)), _build)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from gradshap import _sampling
 from gradshap.backends import require
@@ -30,7 +30,7 @@ class _Explain:
 
 
 def explain_ray_dataset(dataset, build: Callable, *, column: str = "x", id_column: str = "row_id",
-                        target_column: str | None = None, convert: Callable | None = None, concurrency: Any = 1,
+                        target_column: str | None = None, convert: Callable | None = None, concurrency: int | tuple[int, int] = 1,
                         num_gpus: float = 0, num_cpus: float | None = None, batch_size: int = 256,
                         max_restarts: int | None = None, max_task_retries: int | None = None, **options):
     """Explain every row of a Ray Dataset on a pool of actors; one record per row.
@@ -55,8 +55,8 @@ def explain_ray_dataset(dataset, build: Callable, *, column: str = "x", id_colum
         Turns a batch's NumPy rows into the model's array (e.g. ``torch.from_numpy``, or
         a move to the actor's GPU).
     concurrency, num_gpus, num_cpus, batch_size
-        The actor pool's size (an int, or Ray's ``(min, max)``), the GPUs and CPUs per
-        actor, and the rows per batch, as in ``Dataset.map_batches``.
+        The actor pool's size (an int, or ``(min, max)`` for a pool that Ray scales), the
+        GPUs and CPUs per actor, and the rows per batch, as in ``Dataset.map_batches``.
     max_restarts, max_task_retries
         Ray's actor fault tolerance. ``None`` keeps Ray Data's own defaults for an actor
         pool (Ray 2.60: ``-1`` for both, restart a dead actor and retry its batches
@@ -87,9 +87,16 @@ def explain_ray_dataset(dataset, build: Callable, *, column: str = "x", id_colum
         msg = f"row ids come from the column `id_column`={id_column!r}; do not pass `row_ids`"
         raise TypeError(msg)
     options = dict(options, seed=_sampling.resolve_seed(options.get("seed")))
+    if isinstance(concurrency, tuple) and len(concurrency) == 2:
+        pool = data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+    elif isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency >= 1:
+        pool = data.ActorPoolStrategy(size=concurrency)
+    else:
+        msg = f"`concurrency` must be a positive int or a pair (min, max) of them; got {concurrency!r}"
+        raise ValueError(msg)
     remote = {name: value for name, value in (("max_restarts", max_restarts), ("max_task_retries", max_task_retries))
               if value is not None}
     return dataset.map_batches(
         _Explain, fn_constructor_args=(build, options, column, id_column, target_column, convert),
-        concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus, batch_size=batch_size, batch_format="numpy",
+        compute=pool, num_cpus=num_cpus, num_gpus=num_gpus, batch_size=batch_size, batch_format="numpy",
         **remote)
