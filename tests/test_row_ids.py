@@ -177,3 +177,30 @@ def test_concat_refuses_pieces_explained_differently(rng):
         Explanation.concat([head, dataclasses.replace(head, row_ids=None)])
     with pytest.raises(TypeError, match="non-empty sequence of Explanations"):
         Explanation.concat([])
+
+
+def test_records_round_trip_through_columns_rows_and_data_frames(rng):
+    """One record per row (the Ray and Dask entry points' unit), as columns, as one mapping
+    per row and as a pandas DataFrame, joins back into the call's Explanation."""
+    import pandas as pd
+
+    from gradshap.distributed import explain_rows, from_records
+
+    model = network(4, seed=3)
+    explainer = gradshap.GradientExplainer(model.pair, rng.normal(size=(5, 4)), framework="numpy")
+    x = rng.normal(size=(6, 4))
+    whole = explainer(x, n_samples=8, seed=2)
+    pieces = [explain_rows(explainer, x[p], p, n_samples=8, seed=2) for p in (np.array([5, 1, 3]), np.array([0, 4, 2]))]
+    columns = {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}
+    rows = [{name: columns[name][i] for name in columns} for i in range(6)]
+    frame = pd.DataFrame({name: list(a) if a.ndim > 1 else a for name, a in columns.items()})
+    for records in (columns, rows, frame):
+        exp = from_records(records)
+        assert_same_rows(exp, whole)
+        assert (exp.n_samples, exp.target, exp.data) == (8, None, None)
+    other = explain_rows(explainer, x[:1], [9], n_samples=8, seed=3)
+    mixed = {name: np.concatenate([columns[name], other[name]]) for name in columns}
+    with pytest.raises(ValueError, match="`records` were explained in 2 different ways"):
+        from_records(mixed)
+    with pytest.raises(ValueError, match="`records` hold row id"):
+        from_records({name: np.concatenate([columns[name], columns[name][:1]]) for name in columns})

@@ -113,10 +113,12 @@ def run(args) -> int:
 
 
 def _stack(parts: list[Explanation]) -> Explanation:
-    """Explanations of the same model, one after the other (NumPy)."""
+    """Explanations of the same model, one after the other (NumPy), for a figure; unlike
+    Explanation.concat it keeps rows of repeated ids (here: one image under two targets)."""
     cat = lambda name: np.concatenate([np.asarray(getattr(e, name)) for e in parts], axis=0)  # noqa: E731
     return dataclasses.replace(parts[0], values=cat("values"), base_values=cat("base_values"), output=cat("output"),
-                               delta=cat("delta"), stderr=cat("stderr"), data=cat("data"), target=cat("target"))
+                               delta=cat("delta"), stderr=cat("stderr"), data=cat("data"), target=cat("target"),
+                               row_ids=cat("row_ids"))
 
 
 def _base_value_figure(background_logits: np.ndarray, exp: Explanation):
