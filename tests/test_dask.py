@@ -87,3 +87,13 @@ def test_importing_gradshap_and_its_distributed_package_imports_neither_engine()
             "print(sorted(m for m in ('ray', 'dask', 'distributed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_worker_processes_give_the_same_numbers(da, rng):
+    """Dask's process scheduler pickles the explainer to each worker process: the blocks
+    explained there equal one call."""
+    explainer = gradshap.GradientExplainer(network(4, seed=1).pair, rng.normal(size=(5, 4)), framework="numpy")
+    x = rng.normal(size=(12, 4))
+    lazy = explain_dask_array(explainer, da.from_array(x, chunks=(5, 4)), n_samples=12, seed=6)
+    exp = lazy.compute(scheduler="processes", num_workers=2)
+    assert_same_rows(exp, explainer(x, n_samples=12, seed=6))
