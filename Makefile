@@ -18,7 +18,8 @@ $(STAMP): $(PINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c backends/constraints.txt \
 		-r backends/common.txt -r backends/torch.txt -r backends/jax.txt \
-		-r backends/tensorflow.txt -r backends/keras.txt -r backends/anchors.txt $(QUIET)
+		-r backends/tensorflow.txt -r backends/keras.txt -r backends/anchors.txt \
+		-r backends/docs.txt $(QUIET)
 	$(PY) -m pip install -q --no-deps -e . $(QUIET)
 	$(PY) -c "import gradshap, torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
@@ -30,7 +31,7 @@ demo: $(STAMP)
 	$(VENV)/bin/gradshap demo
 
 bench: $(STAMP)
-	$(VENV)/bin/gradshap bench
+	$(PY) benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
