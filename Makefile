@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PINS := $(wildcard backends/*.txt) pyproject.toml
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench docs clean
 
 venv: $(STAMP)
 
@@ -33,5 +33,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 
+# The documentation site, warnings as errors; notebooks executed on CPU and cached in
+# docs/_build/.jupyter_cache. GRADSHAP_DOCS_INTERSPHINX=1 links numpy, torch, ... (online).
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	$(PY) docs/check_build.py docs/_build/html
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info docs/_build docs/api/generated

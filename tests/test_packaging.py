@@ -207,7 +207,7 @@ def test_the_sdist_carries_the_docs_and_benchmarks_the_readme_links(dist):
     missing = [link for link in linked
                if not any(n == link.rstrip("/") or n.startswith(link.rstrip("/") + "/") for n in names)]
     assert linked and not missing, missing
-    expected = {"LICENSE", "CHANGELOG.md", "benchmarks/bench.py", "benchmarks/RESULTS.md",
+    expected = {"LICENSE", "CHANGELOG.md", "benchmarks/bench.py", "benchmarks/RESULTS.md", "docs/conf.py",
                 *(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))}
     assert expected <= names, sorted(expected - names)
     assert not any(n.startswith("docs/_build/") for n in names)
