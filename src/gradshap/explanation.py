@@ -268,7 +268,7 @@ class Explanation:
         model with several inputs, a tuple of shap Explanations (one per input) sharing
         the base values.
         """
-        shap = require("shap", "test")
+        shap = require("shap", "shap")
         exp = self.to_numpy()
         if isinstance(exp.values, tuple):
             names = exp.feature_names if isinstance(exp.feature_names, (tuple, list)) and len(exp.feature_names) == len(exp.values) \
