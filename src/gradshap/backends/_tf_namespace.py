@@ -70,6 +70,12 @@ class _Namespace:
     def any(self, x, axis=None, keepdims=False):
         return self._tf.reduce_any(x, axis, keepdims=keepdims)
 
+    def max(self, x, axis=None, keepdims=False):
+        return self._tf.reduce_max(x, axis, keepdims=keepdims)
+
+    def abs(self, x):
+        return self._tf.abs(x)
+
     def where(self, condition, x1, x2):
         return self._tf.where(condition, x1, x2)
 
