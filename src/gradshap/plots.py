@@ -16,6 +16,7 @@ Colours follow one convention: red pushes the model output up, blue pushes it do
 - :func:`image` -- heatmaps over images (channel-first or channel-last), per row, averaged
   over rows, or one per group.
 - :func:`completeness` -- ``sum(values)`` against ``output - base_values``, and ``delta``.
+- :func:`curves` -- deletion / insertion curves of :mod:`gradshap.metrics`, with a band over rows.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from gradshap._groups import Group, GroupedExplanation, z_value
 from gradshap.explanation import Explanation
 from gradshap.backends import require
 
-__all__ = ["bar", "beeswarm", "completeness", "image", "importance", "waterfall"]
+__all__ = ["bar", "beeswarm", "completeness", "curves", "image", "importance", "waterfall"]
 
 POSITIVE = "#d7263d"  # pushes the output up
 NEGATIVE = "#1b6ec2"  # pushes the output down
@@ -651,3 +652,40 @@ def completeness(exp: Explanation, *, title: str | None = None):
     if title:
         fig.suptitle(title)
     return fig
+
+
+# -------------------------------------------------------------- metrics
+
+def curves(curves: Any, *, level: float = 0.95, ax=None, title: str | None = None):
+    """Deletion or insertion curves (:mod:`gradshap.metrics`): the mean over rows, with the band
+    ``mean -+ z * stderr`` at ``level`` where there are several rows.
+
+    Parameters
+    ----------
+    curves : Curve, or a mapping label -> Curve (several methods on one axes)
+    level : float
+        Coverage of the band (0.95: the 95% normal interval of the mean curve).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    items = dict(curves) if isinstance(curves, dict) else {None: curves}
+    ax = _new_axes(ax, (6.0, 4.0))
+    for k, (label, c) in enumerate(items.items()):
+        color = _GROUP_COLORS[k % len(_GROUP_COLORS)]
+        text = f"AUC {c.auc.mean:.3g} ± {z_value(level) * c.auc.stderr:.2g}"
+        ax.plot(c.fractions, c.mean, color=color, lw=1.8, label=text if label is None else f"{label}: {text}")
+        if c.outputs.shape[0] > 1:
+            low, high = c.band(level)
+            ax.fill_between(c.fractions, low, high, color=color, alpha=0.25, linewidth=0)
+    kinds = {c.kind for c in items.values()}
+    kind = kinds.pop() if len(kinds) == 1 else "deletion / insertion"
+    ax.set_xlabel(f"fraction of features {'removed' if kind == 'deletion' else 'inserted'}")
+    ax.set_ylabel("model output (target)")
+    n = max(c.outputs.shape[0] for c in items.values())
+    ax.set_title(title or f"{kind} curve, mean of {n} rows ({_ci_text(level)} band)", loc="left", fontsize=11)
+    ax.legend(frameon=False, fontsize=8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return ax

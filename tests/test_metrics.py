@@ -1,0 +1,180 @@
+"""gradshap.metrics against analytic answers (linear models) and against captum's metrics."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import gradshap
+from gradshap import metrics
+from conftest import import_or_fail
+
+
+def _centered(rng, n: int, d: int) -> np.ndarray:
+    bg = rng.normal(size=(n, d))
+    return bg - bg.mean(axis=0)  # zero mean: the mean fill is exactly 0
+
+
+# --------------------------------------------------------------------------- deletion / insertion
+
+
+def _linear_case(backend, rng, d: int = 5, n: int = 4):
+    w, b = rng.normal(size=(d, 1)), rng.normal(size=(1,))
+    bg = _centered(rng, 6, d)
+    x = rng.normal(size=(n, d))
+    model = backend.linear(w, b)
+    explainer = backend.explainer(model, backend.array(bg))
+    # exhaustive: every background row, Gauss-Legendre in alpha: exactly w * (x - mean(bg)) = w * x.
+    exp = explainer(backend.array(x), n_samples=12, sampler="exhaustive")
+    return w[:, 0], b[0], bg, x, model, exp
+
+
+def _all_orders_auc(w, b, x, steps):
+    """Deletion AUC of every removal order of each row (fill 0), in NumPy."""
+    d = x.shape[1]
+    fractions = np.arange(steps + 1) / steps
+    out = {}
+    for order in itertools.permutations(range(d)):
+        contrib = (w * x)[:, list(order)]
+        curve = (x @ w + b)[:, None] - np.concatenate([np.zeros((x.shape[0], 1)), np.cumsum(contrib, axis=1)], axis=1)
+        out[order] = ((curve[:, 1:] + curve[:, :-1]) / 2 * np.diff(fractions)).sum(axis=1)
+    return out
+
+
+def test_deletion_in_attribution_order_is_optimal_on_a_linear_model(backend, rng):
+    w, b, bg, x, model, exp = _linear_case(backend, rng)
+    np.testing.assert_allclose(backend.host(exp.values), w * x, rtol=1e-10, atol=1e-12)
+    curve = metrics.deletion(model, backend.array(x), exp, backend.array(bg), steps=5, framework=backend.name)
+    # Removing feature i moves f by -w_i x_i: the curve after k steps is f(x) minus the k largest.
+    contrib = -np.sort(-(w * x), axis=1)
+    expected = (x @ w + b)[:, None] - np.concatenate([np.zeros((4, 1)), np.cumsum(contrib, axis=1)], axis=1)
+    np.testing.assert_allclose(curve.outputs, expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(curve.fractions, np.arange(6) / 5)
+    aucs = _all_orders_auc(w, b, x, 5)
+    best = np.min(np.stack(list(aucs.values())), axis=0)
+    np.testing.assert_allclose(curve.auc.per_row, best, rtol=1e-10, atol=1e-10)
+    assert all(np.all(a >= curve.auc.per_row - 1e-10) for a in aucs.values())
+    # Some other order is strictly worse (the test could fail).
+    assert max(np.max(a - curve.auc.per_row) for a in aucs.values()) > 0.1
+    assert curve.auc.stderr == pytest.approx(np.std(best, ddof=1) / 2)
+
+
+def test_insertion_in_attribution_order_is_optimal_on_a_linear_model(backend, rng):
+    w, b, bg, x, model, exp = _linear_case(backend, rng)
+    curve = metrics.insertion(model, backend.array(x), exp, backend.array(bg), steps=5, framework=backend.name)
+    contrib = -np.sort(-(w * x), axis=1)
+    expected = b + np.concatenate([np.zeros((4, 1)), np.cumsum(contrib, axis=1)], axis=1)
+    np.testing.assert_allclose(curve.outputs, expected, rtol=1e-10, atol=1e-10)
+    assert curve.auc.better == "higher"
+    # A reversed order inserts the negative contributions first: a smaller area.
+    worse = metrics.insertion(model, backend.array(x), -w * x, backend.array(bg), steps=5, framework=backend.name)
+    assert np.all(worse.auc.per_row < curve.auc.per_row)
+
+
+def test_deletion_with_groups_removes_whole_patches(rng):
+    # A 1x4x4 "image", 2x2 patches; the linear model's patch contribution is the patch sum.
+    w = rng.normal(size=16)
+    x = rng.normal(size=(3, 1, 4, 4))
+    bg = rng.normal(size=(5, 1, 4, 4))
+    f = (lambda p: np.reshape(p, (p.shape[0], -1)) @ w, lambda p: np.broadcast_to(w.reshape(1, 1, 4, 4), p.shape))
+    groups = metrics.patches((1, 4, 4), 2)
+    attributions = w.reshape(1, 1, 4, 4) * (x - bg.mean(axis=0))
+    curve = metrics.deletion(f, x, attributions, bg, groups=groups, steps=4, framework="numpy")
+    ids = groups.reshape(-1)
+    contrib = np.stack([np.bincount(ids, weights=row, minlength=4) for row in attributions.reshape(3, -1)])
+    ordered = -np.sort(-contrib, axis=1)
+    fx = x.reshape(3, -1) @ w
+    expected = fx[:, None] - np.concatenate([np.zeros((3, 1)), np.cumsum(ordered, axis=1)], axis=1)
+    np.testing.assert_allclose(curve.outputs, expected, rtol=1e-12, atol=1e-12)
+    # One map per row gives the same as the shared map repeated.
+    per_row = metrics.deletion(f, x, attributions, bg, groups=np.broadcast_to(groups, x.shape), steps=4,
+                               framework="numpy")
+    np.testing.assert_array_equal(per_row.outputs, curve.outputs)
+
+
+def test_fill_row_takes_one_background_row_per_input_row(rng):
+    w = rng.normal(size=4)
+    f = (lambda p: p @ w, lambda p: np.broadcast_to(w, p.shape))
+    x, bg = rng.normal(size=(6, 4)), rng.normal(size=(9, 4))
+    attributions = rng.normal(size=(6, 4))
+    curve = metrics.deletion(f, x, attributions, bg, steps=4, fill="row", seed=3, framework="numpy")
+    assert curve.fill_rows.shape == (6,) and len(set(curve.fill_rows.tolist())) > 1
+    again = metrics.deletion(f, x, attributions, bg, steps=4, fill="row", seed=3, framework="numpy")
+    np.testing.assert_array_equal(again.fill_rows, curve.fill_rows)
+    b = bg[curve.fill_rows]
+    order = np.argsort(-attributions, axis=1, kind="stable")
+    for r in range(6):
+        removed = order[r, :4]
+        point = x[r].copy()
+        point[removed[:2]] = b[r, removed[:2]]
+        assert curve.outputs[r, 2] == pytest.approx(point @ w, rel=1e-12)
+        assert curve.outputs[r, 4] == pytest.approx(b[r] @ w, rel=1e-12)
+    fixed = metrics.deletion(f, x, attributions, bg, steps=4, fill=2, framework="numpy")
+    np.testing.assert_allclose(fixed.outputs[:, -1], np.full(6, bg[2] @ w), rtol=1e-12)
+
+
+def test_curves_do_not_depend_on_batch_size_and_use_per_row_targets(rng):
+    torch = import_or_fail("torch")
+    weights = [(rng.normal(size=(6, 8)), rng.normal(size=8)), (rng.normal(size=(8, 3)), rng.normal(size=3))]
+    from models import torch_mlp
+
+    model = torch_mlp(weights).train()  # left in training mode: the metric must restore it
+    x, bg = torch.from_numpy(rng.normal(size=(5, 6))), torch.from_numpy(rng.normal(size=(7, 6)))
+    target = torch.tensor([0, 2, 1, 1, 0])
+    attributions = rng.normal(size=(5, 6))
+    big = metrics.deletion(model, x, attributions, bg, target=target, steps=6, batch_size=1000)
+    small = metrics.deletion(model, x, attributions, bg, target=target, steps=6, batch_size=4)
+    np.testing.assert_allclose(small.outputs, big.outputs, rtol=1e-12, atol=1e-12)
+    assert model.training and all(m.training for m in model.modules())
+    with torch.no_grad():
+        out = model.eval()(x).numpy()
+    model.train()
+    np.testing.assert_allclose(big.outputs[:, 0], out[np.arange(5), target.numpy()], rtol=1e-12)
+
+
+def test_curve_errors_name_the_argument(rng):
+    f = (lambda p: p.sum(axis=1), lambda p: np.ones_like(p))
+    x, bg = rng.normal(size=(2, 3)), rng.normal(size=(4, 3))
+    with pytest.raises(ValueError, match=r"`attributions` has shape \(2, 4\); expected the shape of `x`, \(2, 3\)"):
+        metrics.deletion(f, x, np.ones((2, 4)), bg, framework="numpy")
+    with pytest.raises(ValueError, match="`fill` must be 'mean', 'row'"):
+        metrics.deletion(f, x, np.ones((2, 3)), bg, fill="zeros", framework="numpy")
+    with pytest.raises(ValueError, match=r"`groups` must give one group id per feature, shape \(3,\)"):
+        metrics.deletion(f, x, np.ones((2, 3)), bg, groups=np.zeros(5, dtype=int), framework="numpy")
+    with pytest.raises(ValueError, match="`steps`"):
+        metrics.deletion(f, x, np.ones((2, 3)), bg, steps=0, framework="numpy")
+
+
+def test_import_gradshap_metrics_imports_no_framework_or_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys, gradshap.metrics; bad = [m for m in ('torch', 'jax', 'tensorflow', 'keras', 'matplotlib') "
+            "if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plot_of_curves_draws_the_mean_and_its_band(rng, tmp_path):
+    matplotlib = import_or_fail("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from gradshap import plots
+
+    w = rng.normal(size=5)
+    f = (lambda p: p @ w, lambda p: np.broadcast_to(w, p.shape))
+    x, bg = rng.normal(size=(8, 5)), _centered(rng, 6, 5)
+    deletion = metrics.deletion(f, x, w * x, bg, steps=5, framework="numpy")
+    random = metrics.deletion(f, x, rng.normal(size=(8, 5)), bg, steps=5, framework="numpy")
+    ax = plots.curves({"attribution order": deletion, "random order": random})
+    lines = ax.get_lines()
+    np.testing.assert_allclose(lines[0].get_ydata(), deletion.outputs.mean(axis=0))
+    low, high = deletion.band(0.95)
+    half = 1.959964 * deletion.outputs.std(axis=0, ddof=1) / np.sqrt(8)
+    np.testing.assert_allclose(high - low, 2 * half, rtol=1e-6, atol=1e-12)
+    band = ax.collections[0].get_paths()[0].vertices
+    assert band[:, 1].min() == pytest.approx(low.min()) and band[:, 1].max() == pytest.approx(high.max())
+    assert "AUC" in lines[0].get_label() and len(ax.collections) == 2
+    ax.figure.savefig(tmp_path / "curves.png")
+    plt.close("all")
