@@ -178,3 +178,70 @@ def test_plot_of_curves_draws_the_mean_and_its_band(rng, tmp_path):
     assert "AUC" in lines[0].get_label() and len(ax.collections) == 2
     ax.figure.savefig(tmp_path / "curves.png")
     plt.close("all")
+
+
+# --------------------------------------------------------------------------- infidelity
+
+
+def test_infidelity_of_the_gradient_of_a_linear_model_is_zero(backend, rng):
+    # f(x) - f(x - I) = w . I exactly: attributions w predict every change; c * w do after
+    # the normalisation (beta = 1 / c), and miss by (c - 1)^2 (w . I)^2 without it.
+    d = 5
+    w, b = rng.normal(size=(d, 1)), rng.normal(size=(1,))
+    x, bg = rng.normal(size=(4, d)), rng.normal(size=(7, d))
+    model = backend.linear(w, b)
+    X, B = backend.array(x), backend.array(bg)
+    grad = np.broadcast_to(w[:, 0], x.shape)
+    exact = metrics.infidelity(model, X, grad, background=B, n_perturb=6, seed=1, framework=backend.name)
+    np.testing.assert_allclose(exact.per_row, 0.0, atol=1e-20)
+    scaled = metrics.infidelity(model, X, 3.0 * grad, background=B, n_perturb=6, seed=1, framework=backend.name)
+    np.testing.assert_allclose(scaled.per_row, 0.0, atol=1e-20)
+    np.testing.assert_allclose(scaled.details["beta"], 1.0 / 3.0, rtol=1e-12)
+    raw = metrics.infidelity(model, X, 3.0 * grad, background=B, n_perturb=6, seed=1, normalize=False,
+                             framework=backend.name)
+    I = backend.host(metrics.background_perturbations(X, B, n_perturb=6, seed=1))
+    np.testing.assert_allclose(raw.per_row, (4.0 * (I @ w[:, 0]) ** 2).mean(axis=1), rtol=1e-12)
+    assert raw.stderr == pytest.approx(np.std(raw.per_row, ddof=1) / 2)
+
+
+def test_background_perturbations_replace_a_subset_by_a_background_row(rng):
+    x, bg = rng.normal(size=(3, 6)), rng.normal(size=(5, 6))
+    I = metrics.background_perturbations(x, bg, n_perturb=40, fraction=0.5, seed=2)
+    perturbed = x[:, None, :] - I
+    for r in range(3):
+        for p in range(40):
+            kept = np.isclose(perturbed[r, p], x[r], rtol=0, atol=1e-15)
+            matches = [np.allclose(perturbed[r, p][~kept], b[~kept], rtol=0, atol=1e-15) for b in bg]
+            assert any(matches)
+    share = np.mean(np.abs(I) > 0)
+    assert 0.4 < share < 0.6  # each feature replaced with probability one half
+    whole = metrics.background_perturbations(x, bg, n_perturb=4, fraction=1.0, seed=2)
+    assert all(any(np.allclose(x[r] - whole[r, p], b) for b in bg) for r in range(3) for p in range(4))
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    grouped = metrics.background_perturbations(x, bg, n_perturb=10, groups=groups, seed=2)
+    moved = np.abs(grouped) > 0
+    assert np.all(moved[..., :3] == moved[..., :1]) and np.all(moved[..., 3:] == moved[..., 3:4])
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_infidelity_equals_captum(rng, normalize):
+    torch = import_or_fail("torch")
+    captum_metrics = import_or_fail("captum.metrics")
+    from models import mlp_weights, torch_mlp
+
+    model = torch_mlp(mlp_weights(rng))
+    x, bg = torch.from_numpy(rng.normal(size=(6, 6))), torch.from_numpy(rng.normal(size=(9, 6)))
+    exp = gradshap.IntegratedGradients(model, bg.mean(dim=0))(x, target=1, n_steps=16)
+    I = metrics.background_perturbations(x, bg, n_perturb=8, seed=5)
+    ours = metrics.infidelity(model, x, exp, perturbations=I, normalize=normalize, batch_size=10)
+    drawn = metrics.infidelity(model, x, exp, background=bg, n_perturb=8, seed=5, normalize=normalize)
+    np.testing.assert_allclose(drawn.per_row, ours.per_row, rtol=1e-12)
+
+    def perturb(inputs):
+        flat = I.reshape(-1, 6)  # captum repeats each row n_perturb times in a row
+        return flat, inputs - flat
+
+    theirs = captum_metrics.infidelity(model, perturb, x, exp.values, target=1, n_perturb_samples=8,
+                                       normalize=normalize)
+    np.testing.assert_allclose(ours.per_row, theirs.numpy().reshape(-1), rtol=1e-6)
+    assert np.all(ours.per_row > 1e-6)  # a nonlinear model: not trivially zero

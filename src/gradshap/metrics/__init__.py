@@ -19,5 +19,7 @@ from gradshap.metrics._common import patches as patches
 from gradshap.metrics._curves import Curve as Curve
 from gradshap.metrics._curves import deletion as deletion
 from gradshap.metrics._curves import insertion as insertion
+from gradshap.metrics._infidelity import background_perturbations as background_perturbations
+from gradshap.metrics._infidelity import infidelity as infidelity
 
-__all__ = ["Curve", "Score", "deletion", "insertion", "patches"]
+__all__ = ["Curve", "Score", "background_perturbations", "deletion", "infidelity", "insertion", "patches"]

@@ -102,7 +102,7 @@ def flat_attributions(attributions: Any, xs: tuple, name: str = "attributions") 
         raise ValueError(msg)
     out = []
     for k, (v, a) in enumerate(zip(vs, xs)):
-        v = np.asarray(to_numpy(v), dtype=np.float64)
+        v = np.array(to_numpy(v), dtype=np.float64)  # a writable copy
         if tuple(v.shape) != tuple(a.shape):
             where = f"`{name}`" if len(xs) == 1 else f"`{name}[{k}]`"
             msg = (f"{where} has shape {_validation.shape_str(tuple(v.shape))}; expected the shape of "
