@@ -245,3 +245,66 @@ def test_infidelity_equals_captum(rng, normalize):
                                        normalize=normalize)
     np.testing.assert_allclose(ours.per_row, theirs.numpy().reshape(-1), rtol=1e-6)
     assert np.all(ours.per_row > 1e-6)  # a nonlinear model: not trivially zero
+
+
+# --------------------------------------------------------------------------- max-sensitivity
+
+
+def test_max_sensitivity_of_a_linear_model_is_the_relative_shift(backend, rng):
+    # Exact Expected Gradients of a linear model: w * (x - mean(bg)); it moves by w * eps.
+    d, n, k = 6, 3, 4
+    w, b = rng.normal(size=(d, 1)), rng.normal(size=(1,))
+    x, bg = rng.normal(size=(n, d)), rng.normal(size=(5, d))
+    explainer = backend.explainer(backend.linear(w, b), backend.array(bg))
+    eps = rng.uniform(-0.1, 0.1, size=(n, k, d))
+    score = metrics.max_sensitivity(lambda z: explainer(z, n_samples=10, sampler="exhaustive"), backend.array(x),
+                                    perturbations=backend.array(eps))
+    base = w[:, 0] * (x - bg.mean(axis=0))
+    expected = np.linalg.norm(w[:, 0] * eps, axis=2) / np.linalg.norm(base, axis=1)[:, None]
+    np.testing.assert_allclose(score.details["per_perturbation"], expected, rtol=1e-9)
+    np.testing.assert_allclose(score.per_row, expected.max(axis=1), rtol=1e-9)
+
+
+def test_max_sensitivity_draws_within_the_radius(rng):
+    x = rng.normal(size=(4, 50))
+    explain = lambda z: z - 1.0  # noqa: E731 - attributions that move exactly with the input
+    score = metrics.max_sensitivity(explain, x, radius=0.05, n_perturb=3, seed=4, norm=np.inf)
+    scale = np.max(np.abs(x - 1.0), axis=1)
+    moved = score.details["per_perturbation"] * scale[:, None]  # max |eps| of each draw
+    assert np.all(moved <= 0.05) and np.all(moved > 0.04)
+    again = metrics.max_sensitivity(explain, x, radius=0.05, n_perturb=3, seed=4, norm=np.inf)
+    np.testing.assert_array_equal(again.per_row, score.per_row)
+
+
+def test_same_seed_max_sensitivity_sees_no_monte_carlo_noise(rng):
+    from models import mlp_weights, numpy_mlp
+
+    f, jac = numpy_mlp(mlp_weights(rng))
+    x, bg = rng.normal(size=(5, 6)), rng.normal(size=(20, 6))
+    explainer = gradshap.GradientExplainer((f, jac), bg, framework="numpy")
+    same = metrics.max_sensitivity(lambda z: explainer(z, target=0, n_samples=16, sampler="iid", seed=7), x,
+                                   radius=0.0, n_perturb=3, seed=0)
+    np.testing.assert_array_equal(same.per_row, 0.0)  # the same draws: the same explanation
+    fresh = metrics.max_sensitivity(lambda z: explainer(z, target=0, n_samples=16, sampler="iid"), x,
+                                    radius=0.0, n_perturb=3, seed=0)
+    assert np.all(fresh.per_row > 0.05)  # two independent 16-sample estimates differ
+
+
+def test_max_sensitivity_equals_captum_on_integrated_gradients(rng):
+    torch = import_or_fail("torch")
+    captum_metrics = import_or_fail("captum.metrics")
+    from models import mlp_weights, torch_mlp
+
+    model = torch_mlp(mlp_weights(rng))
+    x = torch.from_numpy(rng.normal(size=(5, 6)))
+    ig = gradshap.IntegratedGradients(model, torch.zeros(6, dtype=torch.float64))
+    eps = rng.uniform(-0.1, 0.1, size=(5, 4, 6))
+    ours = metrics.max_sensitivity(lambda z: ig(z, target=2, n_steps=16), x, perturbations=torch.from_numpy(eps))
+
+    def perturb(inputs):
+        return inputs + torch.from_numpy(eps.reshape(-1, 6))  # rows repeated n_perturb times in a row
+
+    theirs = captum_metrics.sensitivity_max(lambda z: ig(z, target=2, n_steps=16).values, x, perturb_func=perturb,
+                                            n_perturb_samples=4)
+    np.testing.assert_allclose(ours.per_row, theirs.numpy(), rtol=1e-6)
+    assert np.all(ours.per_row > 1e-3)

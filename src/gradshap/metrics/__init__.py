@@ -21,5 +21,7 @@ from gradshap.metrics._curves import deletion as deletion
 from gradshap.metrics._curves import insertion as insertion
 from gradshap.metrics._infidelity import background_perturbations as background_perturbations
 from gradshap.metrics._infidelity import infidelity as infidelity
+from gradshap.metrics._sensitivity import max_sensitivity as max_sensitivity
 
-__all__ = ["Curve", "Score", "background_perturbations", "deletion", "infidelity", "insertion", "patches"]
+__all__ = ["Curve", "Score", "background_perturbations", "deletion", "infidelity", "insertion", "max_sensitivity",
+           "patches"]
