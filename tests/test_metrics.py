@@ -308,3 +308,67 @@ def test_max_sensitivity_equals_captum_on_integrated_gradients(rng):
                                             n_perturb_samples=4)
     np.testing.assert_allclose(ours.per_row, theirs.numpy(), rtol=1e-6)
     assert np.all(ours.per_row > 1e-3)
+
+
+# --------------------------------------------------------------------------- error against a reference
+
+
+def test_error_against_a_reference_is_computed_as_documented(rng):
+    values, ref = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    se, ref_se = rng.uniform(0.1, 1, size=(4, 3)), rng.uniform(0.1, 1, size=(4, 3))
+    exp = gradshap.Explanation(values=values, base_values=np.zeros(4), output=np.zeros(4), delta=np.zeros(4), stderr=se)
+    refexp = gradshap.Explanation(values=ref, base_values=np.zeros(4), output=np.zeros(4), delta=np.zeros(4),
+                                  stderr=ref_se)
+    report = metrics.error(exp, refexp)
+    err = values - ref
+    np.testing.assert_allclose(report.relative_l2.per_row, np.linalg.norm(err, axis=1) / np.linalg.norm(ref, axis=1))
+    np.testing.assert_allclose(report.max_error.per_row, np.abs(err).max(axis=1))
+    z = err / np.sqrt(se**2 + ref_se**2)
+    np.testing.assert_allclose(report.calibration.per_row, np.sqrt((z**2).mean(axis=1)))
+    np.testing.assert_allclose(report.coverage.per_row, (np.abs(z) <= 1.959963984540054).mean(axis=1))
+    # A plain array as the reference has no error of its own.
+    plain = metrics.error(exp, ref)
+    np.testing.assert_allclose(plain.calibration.per_row, np.sqrt(((err / se) ** 2).mean(axis=1)))
+    with pytest.raises(ValueError, match="`reference` has 4 rows of 2 values"):
+        metrics.error(exp, ref[:, :2])
+
+
+def test_expected_gradients_stderr_is_calibrated_against_exact_shapley(rng):
+    # Linear model: exact Shapley values are w * (x - mean(bg)); the iid estimate misses them by
+    # w * (mean(bg) - mean of the drawn baselines), and its stderr should say how much.
+    from gradshap import reference
+
+    d, n = 8, 150
+    w = rng.normal(size=d)
+    f = (lambda p: p @ w, lambda p: np.broadcast_to(w, p.shape))
+    x, bg = rng.normal(size=(n, d)), rng.normal(size=(30, d))
+    exact = reference.exact_shapley(f[0], x[:3], bg)
+    np.testing.assert_allclose(exact.values, w * (x[:3] - bg.mean(axis=0)), rtol=1e-10)
+    exp = gradshap.GradientExplainer(f, bg, framework="numpy")(x, n_samples=40, sampler="iid", seed=3)
+    report = metrics.error(exp, w * (x - bg.mean(axis=0)))
+    assert report.relative_l2.mean > 0.05  # a real Monte Carlo error
+    assert 0.85 < report.calibration.mean < 1.15
+    assert abs(report.coverage.mean - 0.95) < 0.03
+    # Stated errors 3x too small are seen as such.
+    small = gradshap.Explanation(values=exp.values, base_values=exp.base_values, output=exp.output, delta=exp.delta,
+                                 stderr=exp.stderr / 3)
+    assert 2.5 < metrics.error(small, w * (x - bg.mean(axis=0))).calibration.mean < 3.5
+
+
+def test_calibration_of_permutation_shapley_and_of_expected_gradients_on_a_nonlinear_model(rng):
+    from gradshap import reference
+    from models import mlp_weights, numpy_mlp
+
+    f, jac = numpy_mlp(mlp_weights(rng))
+    x, bg = rng.normal(size=(40, 6)), rng.normal(size=(20, 6))
+    exact = reference.exact_shapley(lambda p: f(p)[:, 0], x, bg)
+    permutation = reference.sampling_shapley(lambda p: f(p)[:, 0], x, bg, n_permutations=30, seed=1)
+    report = metrics.error(permutation, exact)
+    assert 0.8 < report.calibration.mean < 1.2 and report.relative_l2.mean > 0.05
+    # Expected Gradients is not the Shapley value of a nonlinear model: against a converged
+    # Expected Gradients its stderr is calibrated, against exact Shapley values it is not (bias).
+    explainer = gradshap.GradientExplainer((f, jac), bg, framework="numpy")
+    converged = explainer(x, target=0, n_samples=20 * 64, sampler="exhaustive")
+    estimate = explainer(x, target=0, n_samples=100, sampler="iid", seed=2)
+    assert 0.8 < metrics.error(estimate, converged).calibration.mean < 1.2
+    assert metrics.error(estimate, exact).calibration.mean > 1.5

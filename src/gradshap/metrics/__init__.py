@@ -19,9 +19,11 @@ from gradshap.metrics._common import patches as patches
 from gradshap.metrics._curves import Curve as Curve
 from gradshap.metrics._curves import deletion as deletion
 from gradshap.metrics._curves import insertion as insertion
+from gradshap.metrics._error import ErrorReport as ErrorReport
+from gradshap.metrics._error import error as error
 from gradshap.metrics._infidelity import background_perturbations as background_perturbations
 from gradshap.metrics._infidelity import infidelity as infidelity
 from gradshap.metrics._sensitivity import max_sensitivity as max_sensitivity
 
-__all__ = ["Curve", "Score", "background_perturbations", "deletion", "infidelity", "insertion", "max_sensitivity",
+__all__ = ["Curve", "ErrorReport", "Score", "background_perturbations", "deletion", "error", "infidelity", "insertion", "max_sensitivity",
            "patches"]

@@ -32,7 +32,8 @@ class Score:
     ----------
     name : what was measured (``"deletion_auc"``, ``"infidelity"``, ...).
     per_row : ``(n,)`` float64, the score of each row.
-    better : ``"lower"`` or ``"higher"``: which way a better explanation moves the score.
+    better : which way a better explanation moves the score: ``"lower"``, ``"higher"``, or
+        ``"closer to 1"`` (a calibration ratio) and the like.
     details : further per-row arrays of the metric (``beta`` of infidelity, ...).
     """
 
