@@ -372,3 +372,46 @@ def test_calibration_of_permutation_shapley_and_of_expected_gradients_on_a_nonli
     estimate = explainer(x, target=0, n_samples=100, sampler="iid", seed=2)
     assert 0.8 < metrics.error(estimate, converged).calibration.mean < 1.2
     assert metrics.error(estimate, exact).calibration.mean > 1.5
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def test_compare_scores_every_method_on_the_same_rows_and_times_them(rng, tmp_path):
+    import json
+
+    w = rng.normal(size=5)
+    f = (lambda p: p @ w, lambda p: np.broadcast_to(w, p.shape))
+    x, bg = rng.normal(size=(6, 5)), _centered(rng, 8, 5)
+    explainer = gradshap.GradientExplainer(f, bg, framework="numpy")
+    exact = w * x
+    ticks = iter(np.arange(0.0, 100.0, 1.5))  # each method's call takes 1.5 fake seconds
+    methods = {"exhaustive": lambda z: explainer(z, n_samples=16, sampler="exhaustive"),
+               "iid": lambda z: explainer(z, n_samples=4, sampler="iid", seed=0)}
+    result = metrics.compare(methods, f, x, bg, metrics=("deletion", "infidelity", "error"), reference=exact,
+                             framework="numpy", steps=5, clock=lambda: float(next(ticks)))
+    assert result.seconds_per_row == {"exhaustive": 1.5 / 6, "iid": 1.5 / 6}
+    names = [s.name for s in result.scores["iid"]]
+    assert names == ["deletion_auc", "infidelity", "relative_l2", "calibration"]
+    direct = metrics.deletion(f, x, methods["iid"](x), bg, steps=5, framework="numpy").auc
+    np.testing.assert_array_equal(result.scores["iid"][0].per_row, direct.per_row)
+    same = metrics.infidelity(f, x, methods["iid"](x), background=bg, seed=0, framework="numpy")
+    np.testing.assert_array_equal(result.scores["iid"][1].per_row, same.per_row)
+    exhaustive = dict(zip(names, result.scores["exhaustive"]))
+    assert exhaustive["relative_l2"].mean < 1e-12 and result.scores["iid"][2].mean > 0.01
+    paired = result.paired("deletion_auc", "iid", "exhaustive")
+    np.testing.assert_allclose(paired.per_row, result.scores["iid"][0].per_row - exhaustive["deletion_auc"].per_row)
+    text = result.table()
+    assert "exhaustive" in text and "deletion_auc" in text and "±" in text
+    record = json.loads(result.to_json(tmp_path / "cmp.json"))["records"][0]
+    assert record["method"] == "exhaustive" and record["low"] < record["mean"] < record["high"]
+    assert (tmp_path / "cmp.json").exists()
+    matplotlib = import_or_fail("matplotlib")
+    matplotlib.use("Agg")
+    from gradshap import plots
+
+    fig = plots.comparison(result)
+    assert len(fig.axes) == 4
+    fig.savefig(tmp_path / "cmp.png")
+    with pytest.raises(ValueError, match="needs `reference`"):
+        metrics.compare(methods, f, x, bg, metrics=("error",), framework="numpy")

@@ -17,6 +17,7 @@ Colours follow one convention: red pushes the model output up, blue pushes it do
   over rows, or one per group.
 - :func:`completeness` -- ``sum(values)`` against ``output - base_values``, and ``delta``.
 - :func:`curves` -- deletion / insertion curves of :mod:`gradshap.metrics`, with a band over rows.
+- :func:`comparison` -- scores of several methods (:func:`gradshap.metrics.compare`) with intervals.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from gradshap._groups import Group, GroupedExplanation, z_value
 from gradshap.explanation import Explanation
 from gradshap.backends import require
 
-__all__ = ["bar", "beeswarm", "completeness", "curves", "image", "importance", "waterfall"]
+__all__ = ["bar", "beeswarm", "comparison", "completeness", "curves", "image", "importance", "waterfall"]
 
 POSITIVE = "#d7263d"  # pushes the output up
 NEGATIVE = "#1b6ec2"  # pushes the output down
@@ -689,3 +690,35 @@ def curves(curves: Any, *, level: float = 0.95, ax=None, title: str | None = Non
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     return ax
+
+
+def comparison(result: Any, *, title: str | None = None):
+    """A :class:`gradshap.metrics.Comparison`: one panel per metric, each method's mean with its
+    interval at the comparison's level, and the time per row in the method's label.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    methods = result.methods
+    names = [s.name for s in result.scores[methods[0]]]
+    plt = _mpl()
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1.5, 0.45 * len(methods) + 1.6),
+                             layout="constrained", sharey=True, squeeze=False)
+    z = z_value(result.level)
+    y = np.arange(len(methods))
+    labels = [f"{m} ({result.seconds_per_row[m] * 1e3:.3g} ms/row)" for m in methods]
+    axes[0, 0].invert_yaxis()  # the first method on top (the axes share y)
+    for k, (ax, name) in enumerate(zip(axes[0], names)):
+        scores = [result.scores[m][k] for m in methods]
+        means = np.array([s.mean for s in scores])
+        halves = np.array([z * s.stderr for s in scores])
+        colors = [_GROUP_COLORS[j % len(_GROUP_COLORS)] for j in range(len(methods))]
+        for j in range(len(methods)):
+            ax.errorbar(means[j], y[j], xerr=halves[j], fmt="o", color=colors[j], elinewidth=2, capsize=3, ms=5)
+        ax.set_title(f"{name} ({scores[0].better})", loc="left", fontsize=10)
+        ax.set_yticks(y, labels)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    fig.suptitle(title or f"{len(methods)} methods on {result.n} rows, {_ci_text(result.level)}", fontsize=11)
+    return fig

@@ -16,6 +16,9 @@ See ``docs/metrics.md``.
 
 from gradshap.metrics._common import Score as Score
 from gradshap.metrics._common import patches as patches
+from gradshap.metrics._compare import METRICS as METRICS
+from gradshap.metrics._compare import Comparison as Comparison
+from gradshap.metrics._compare import compare as compare
 from gradshap.metrics._curves import Curve as Curve
 from gradshap.metrics._curves import deletion as deletion
 from gradshap.metrics._curves import insertion as insertion
@@ -25,5 +28,6 @@ from gradshap.metrics._infidelity import background_perturbations as background_
 from gradshap.metrics._infidelity import infidelity as infidelity
 from gradshap.metrics._sensitivity import max_sensitivity as max_sensitivity
 
-__all__ = ["Curve", "ErrorReport", "Score", "background_perturbations", "deletion", "error", "infidelity", "insertion", "max_sensitivity",
+__all__ = ["METRICS", "Comparison", "Curve", "ErrorReport", "Score", "background_perturbations", "compare",
+           "deletion", "error", "infidelity", "insertion", "max_sensitivity",
            "patches"]

@@ -53,7 +53,7 @@ class Score:
     @property
     def stderr(self) -> float:
         """``std(per_row, ddof=1) / sqrt(n)`` (``nan`` with fewer than two rows)."""
-        if self.n < 2:
+        if self.n < 2 or not np.all(np.isfinite(self.per_row)):
             return float("nan")
         return float(np.std(self.per_row, ddof=1) / math.sqrt(self.n))
 

@@ -7,7 +7,8 @@ Explanation (many samples), or plain attributions. For each row:
 - relative L2 error ``||phi - ref|| / ||ref||`` and max error ``max |phi - ref|``;
 - the calibration ratio ``sqrt(mean_i z_i^2)`` with ``z_i = (phi_i - ref_i) / sqrt(se_i^2 +
   se_ref,i^2)``: about 1 when the reported standard errors are right, above 1 when they
-  understate the error, below 1 when they overstate it;
+  understate the error, below 1 when they overstate it (``inf`` when a stated error of 0 is
+  missed by more than rounding);
 - coverage: the share of features with ``|z_i| <= z`` at ``level`` (0.95 when calibrated and
   the errors are normal).
 """
@@ -51,6 +52,12 @@ class ErrorReport:
 def _flat(values: Any, name: str) -> np.ndarray:
     parts = [np.asarray(to_numpy(v), dtype=np.float64) for v in _validation.as_inputs(values, name)]
     return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1)
+
+
+def _epsilon(values: Any) -> float:
+    """Machine epsilon of the values' own dtype (float32 values round at float32's)."""
+    dtype = np.asarray(to_numpy(_validation.as_inputs(values, "values")[0])).dtype
+    return float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else float(np.finfo(np.float64).eps)
 
 
 def _stderr(obj: Any, shape: tuple, name: str) -> np.ndarray:
@@ -104,9 +111,12 @@ def error(explanation: Any, reference: Any, *, level: float = 0.95) -> ErrorRepo
     err = values - ref
     se = np.sqrt(_stderr(explanation, values.shape, "explanation") ** 2 + _stderr(reference, values.shape, "reference") ** 2)
     ref_norm = np.linalg.norm(ref, axis=1)
+    # A stated error of 0 (a deterministic rule) is met by rounding-level differences only.
+    eps = max(_epsilon(getattr(explanation, "values", explanation)), _epsilon(getattr(reference, "values", reference)))
+    rounding = np.abs(err) <= 16 * eps * (np.abs(values) + np.abs(ref))
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.linalg.norm(err, axis=1) / ref_norm
-        zs = np.where(se > 0, err / se, np.where(err == 0, 0.0, np.inf))
+        zs = np.where(se > 0, err / se, np.where(rounding, 0.0, np.inf))
     return ErrorReport(
         relative_l2=score_of("relative_l2", rel, "lower"),
         max_error=score_of("max_error", np.max(np.abs(err), axis=1), "lower"),
