@@ -415,3 +415,27 @@ def test_compare_scores_every_method_on_the_same_rows_and_times_them(rng, tmp_pa
     fig.savefig(tmp_path / "cmp.png")
     with pytest.raises(ValueError, match="needs `reference`"):
         metrics.compare(methods, f, x, bg, metrics=("error",), framework="numpy")
+
+
+def test_metrics_of_a_model_with_two_inputs_join_their_features(rng):
+    w1, w2 = rng.normal(size=3), rng.normal(size=(2, 2))
+    f = lambda a, b: a @ w1 + np.reshape(b, (b.shape[0], -1)) @ w2.reshape(-1)  # noqa: E731
+    grad = lambda a, b: (np.broadcast_to(w1, a.shape), np.broadcast_to(w2, b.shape))  # noqa: E731
+    x = (rng.normal(size=(4, 3)), rng.normal(size=(4, 2, 2)))
+    bg = (_centered(rng, 5, 3), _centered(rng, 5, 4).reshape(5, 2, 2))
+    exp = gradshap.GradientExplainer((f, grad), bg, framework="numpy")(x, n_samples=10, sampler="exhaustive")
+    contrib = np.concatenate([w1 * x[0], (w2 * x[1]).reshape(4, -1)], axis=1)  # 7 joined features
+    np.testing.assert_allclose(np.concatenate([exp.values[0], exp.values[1].reshape(4, -1)], axis=1), contrib,
+                               rtol=1e-10, atol=1e-12)
+    curve = metrics.deletion((f, grad), x, exp, bg, steps=7, framework="numpy")
+    ordered = -np.sort(-contrib, axis=1)
+    expected = f(*x)[:, None] - np.concatenate([np.zeros((4, 1)), np.cumsum(ordered, axis=1)], axis=1)
+    np.testing.assert_allclose(curve.outputs, expected, rtol=1e-10, atol=1e-10)
+    # Infidelity with one perturbation array per input; the gradient predicts a linear model exactly.
+    I = metrics.background_perturbations(x, bg, n_perturb=3, seed=0)
+    assert isinstance(I, tuple) and I[1].shape == (4, 3, 2, 2)
+    grads = (np.broadcast_to(w1, x[0].shape), np.broadcast_to(w2, x[1].shape))
+    np.testing.assert_allclose(metrics.infidelity((f, grad), x, grads, perturbations=I, framework="numpy").per_row,
+                               0.0, atol=1e-20)
+    score = metrics.max_sensitivity(lambda z: z, x, radius=0.1, n_perturb=2, seed=0)
+    assert score.per_row.shape == (4,) and np.all(score.per_row > 0)
