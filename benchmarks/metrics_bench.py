@@ -5,6 +5,8 @@ Usage: ``python benchmarks/metrics_bench.py [--rows 100] [--steps 20] [--repeats
 
 Rows timed (torch, CPU, the workload's CNN 1x28x28 -> 10 classes, its target class):
 
+- ``forward floor``: the model's forward pass over ``rows * (S + 1)`` images in chunks of
+  gradshap's default batch size, no curve built: what any batched implementation pays;
 - ``gradshap``: ``gradshap.metrics.deletion(model, x, attributions, background, steps=S)``,
   all ``rows * (S + 1)`` points through the adapter's forward pass in chunks of the default
   batch size;
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
     import torch
 
     import gradshap
-    from gradshap import metrics
+    from gradshap import _tiling, metrics
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = workloads.get("cnn")
@@ -85,7 +87,17 @@ def main(argv=None) -> int:
     attributions = exp.values.numpy()
     fill = bg.mean(dim=0)
 
+    # The floor: the model's own forward pass over as many points, in chunks of the size
+    # gradshap uses by default (the points' values do not change the cost).
+    points = x.repeat_interleave(args.steps + 1, dim=0)
+    chunk = _tiling.default_batch_size(int(np.prod(x_np.shape[1:])), device="cpu")
+
+    def floor():
+        with torch.no_grad():
+            return [model(points[i : i + chunk]) for i in range(0, points.shape[0], chunk)]
+
     runs: dict[str, callable] = {
+        "forward floor": floor,
         "gradshap": lambda: metrics.deletion(model, x, attributions, bg, target=target, steps=args.steps).outputs,
         "row-by-row": lambda: _row_by_row(model, x, attributions, fill, target, args.steps),
     }
@@ -120,7 +132,8 @@ def main(argv=None) -> int:
             fn()
             times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(t) for name, t in times.items()}
-    ratios = {"row-by-row / gradshap": median["row-by-row"] / median["gradshap"]}
+    ratios = {"row-by-row / gradshap": median["row-by-row"] / median["gradshap"],
+              "gradshap / forward floor": median["gradshap"] / median["forward floor"]}
     if "quantus" in median:
         q = [n for n in median if n.startswith("gradshap-")][0]
         ratios[f"quantus / {q}"] = median["quantus"] / median[q]
