@@ -116,7 +116,7 @@ def curve(kind: str, model: Any, x: Any, attributions: Any, background: Any, *, 
     fills, fill_rows = _fill_values(xp, bgs, fill, n, seed)
     per_row_fill = fill_rows is not None
     device = scorer.device
-    rank_dev = xp.asarray(rank, device=device)
+    rank_dev = xp.asarray(rank.astype(np.int32), device=device)  # half the bytes of int64 to gather
     flat_x = tuple(xp.reshape(a, (n, -1)) for a in xs)
     flat_fill = tuple(xp.reshape(f, (f.shape[0], -1)) for f in fills)
     x_full = xp.concat(flat_x, axis=1) if len(xs) > 1 else flat_x[0]
@@ -130,15 +130,11 @@ def curve(kind: str, model: Any, x: Any, attributions: Any, background: Any, *, 
     with scorer.session():
         for start, stop in scorer.chunks(pair_row.size):
             rows = scorer.index(pair_row[start:stop])
-            limit = xp.asarray(np.reshape(taken[start:stop], (-1, 1)), device=device)
-            chosen = xp.astype(xp.take(rank_dev, rows, axis=0) < limit, x_full.dtype)
+            limit = xp.asarray(np.reshape(taken[start:stop], (-1, 1)).astype(np.int32), device=device)
+            chosen = xp.take(rank_dev, rows, axis=0) < limit
             xr = xp.take(x_full, rows, axis=0)
             fr = xp.take(fill_full, rows, axis=0) if per_row_fill else fill_full
-            # 0/1 masks mix exactly: x * 1 + fill * 0 == x.
-            if kind == "deletion":
-                points = xr * (1 - chosen) + fr * chosen
-            else:
-                points = fr * (1 - chosen) + xr * chosen
+            points = xp.where(chosen, fr, xr) if kind == "deletion" else xp.where(chosen, xr, fr)
             outputs.append(host(scorer(split(xp, points, xs), rows)))
     values = np.concatenate(outputs).reshape(n, steps + 1)
     fractions = np.arange(steps + 1) / steps
