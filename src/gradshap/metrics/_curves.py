@@ -107,6 +107,10 @@ def curve(kind: str, model: Any, x: Any, attributions: Any, background: Any, *, 
     xs, xp = inputs_of(x)
     bgs = background_of(background, xs, xp)
     steps = _validation.check_positive_int(steps, "steps")
+    if len({str(a.dtype) for a in xs}) > 1:
+        msg = (f"the curves join the features of all inputs, which must then share one dtype; `x` has "
+               f"{', '.join(str(a.dtype) for a in xs)}")
+        raise TypeError(msg)
     if target is None:
         target = getattr(attributions, "target", None)  # an Explanation's own
     scores = flat_attributions(attributions, xs)
