@@ -1,4 +1,4 @@
-"""``gradshap bench``: gradshap against each framework's floor, captum and shap.
+"""``python benchmarks/bench.py``: gradshap against each framework's floor, captum and shap.
 
 Every framework group (torch, jax, tensorflow, keras on each backend) runs in a fresh
 subprocess, so frameworks never share a process, a thread pool or an allocator. Inside a
@@ -1101,7 +1101,7 @@ def _run_worker(spec: dict, bar, timeout: float) -> dict:
 
 def _parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="gradshap bench",
+        prog="python benchmarks/bench.py",
         description="Time gradshap against each framework's floor, captum and shap; write JSON, markdown and a PNG.",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke run (no timing claims)")
@@ -1144,12 +1144,24 @@ def main(argv: list[str] | None = None) -> int:
         if g not in GROUPS:
             print(f"gradshap bench: unknown group {g!r}; choose from {', '.join(GROUPS)}", file=sys.stderr)
             return 2
+    for name in ("n_samples", "repeats", "jobs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            print(f"bench: --{name.replace('_', '-')} must be a positive integer; got {value}", file=sys.stderr)
+            return 2
+    if args.min_time is not None and not args.min_time >= 0:
+        print(f"bench: --min-time must be a number of seconds >= 0; got {args.min_time}", file=sys.stderr)
+        return 2
     rows_filter = set(args.rows.split(",")) if args.rows else set(ROWS)
     n_samples = args.n_samples or (16 if args.quick else 200)
     repeats = args.repeats or (1 if args.quick else 5)
     min_time = args.min_time if args.min_time is not None else (0.0 if args.quick else MIN_TIME_S)
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:  # before any work: a bad --out is found in a second, not after the runs
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"bench: cannot write to --out {args.out!r}: {err.strerror or err}", file=sys.stderr)
+        return 2
     import shutil
     import tempfile
 
@@ -1217,6 +1229,9 @@ def main(argv: list[str] | None = None) -> int:
     render_png(report, out_dir / "bench.png")
     print(md)
     print(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {out_dir / 'bench.png'}")
+    if errors:
+        print(f"bench: {len(errors)} job(s) failed: {', '.join(errors)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -1272,7 +1287,7 @@ def build_report(timing, memory, errors, names, tmp: Path, **meta) -> dict:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "device": meta["device"], "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "versions": _versions(),
-        "command": " ".join(["gradshap bench", *meta["argv"]]),
+        "command": " ".join(["python benchmarks/bench.py", *meta["argv"]]),
         "n_samples": meta["n_samples"], "repeats": meta["repeats"], "min_time_s": meta.get("min_time_s", 0.0),
         "quick": meta["quick"],
         "elapsed_s": meta["elapsed"], "rows": rows, "errors": errors,

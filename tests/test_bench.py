@@ -1,4 +1,4 @@
-"""`gradshap bench --quick` as a smoke test, and the speed paths of the adapters.
+"""`python benchmarks/bench.py --quick` as a smoke test, and the speed paths of the adapters.
 
 No timing is asserted anywhere here: speed is measured by benchmarks/ only. What is
 asserted is that the benchmark runs, writes its three outputs with a row per framework,
@@ -28,11 +28,11 @@ def quick_report(tmp_path_factory):
     import_or_fail("torch")
     import_or_fail("tqdm")
     import_or_fail("matplotlib")
-    from gradshap import cli
+    import bench
 
     out = tmp_path_factory.mktemp("bench")
     # Every installed framework group, as CI's smoke run; groups run side by side (~20 s).
-    code = cli.main(["bench", "--quick", "--out", str(out), "--no-progress"])
+    code = bench.main(["--quick", "--out", str(out), "--no-progress"])
     assert code == 0
     return out, json.loads((out / "bench.json").read_text())
 
@@ -331,3 +331,25 @@ def test_draws_do_not_depend_on_batch_size():
     for other in runs[1:]:
         np.testing.assert_allclose(other.values, runs[0].values, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(other.stderr, runs[0].stderr, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n-samples", "0"], "--n-samples must be a positive integer; got 0"),
+    (["--n-samples", "-5"], "--n-samples must be a positive integer; got -5"),
+    (["--repeats", "0"], "--repeats must be a positive integer"),
+    (["--min-time", "-1"], "--min-time must be"),
+])
+def test_bench_refuses_bad_numbers_before_any_work(argv, message, tmp_path, capsys):
+    import bench
+
+    assert bench.main(["--quick", "--no-progress", "--out", str(tmp_path / "out"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_refuses_an_out_below_a_file_before_any_work(tmp_path, capsys):
+    import bench
+
+    (tmp_path / "afile").write_text("")
+    assert bench.main(["--quick", "--no-progress", "--out", str(tmp_path / "afile" / "sub")]) == 2
+    assert "cannot write to --out" in capsys.readouterr().err

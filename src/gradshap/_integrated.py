@@ -58,7 +58,8 @@ class IntegratedGradients:
         self.baseline = baseline
         self._framework = framework
         self.batch_size = None if batch_size is None else _validation.check_positive_int(batch_size, "batch_size")
-        self.feature_names = None if feature_names is None else list(feature_names)
+        # Checked against the inputs' feature shapes at the first call (the baseline may be None).
+        self.feature_names = _validation.check_feature_names(feature_names, ())
         self.adapter = self._compose = None
         if baseline is not None:
             arrays = _validation.as_inputs(baseline, "baseline")
@@ -155,7 +156,8 @@ class IntegratedGradients:
             batch_size=self.batch_size, progress=progress, xp=xp, seed=0, compose=self._compose, row_ids=row_ids,
         )
         return Explanation.from_result(
-            result, data=x, many_inputs=isinstance(x, (tuple, list)), feature_names=self.feature_names
+            result, data=x, many_inputs=isinstance(x, (tuple, list)),
+            feature_names=_validation.check_feature_names(self.feature_names, xs),
         )
 
     def __repr__(self) -> str:
