@@ -25,9 +25,9 @@ _FIELDS = {"values": "values", "stderr": "stderr", "base_values": "base_value", 
 class _Block:
     """Explains one block: its rows' ids are ``row_offset`` plus their global positions.
 
-    Blocks of one process run one at a time on the explainer (a model is not safe to run
-    from several threads at once: an adapter sets and restores its mode for each call);
-    Dask's processes and workers run in parallel, each with its own copy."""
+    Blocks of one process run one at a time on the explainer (not every model is safe to
+    call from several threads at once, and the framework already uses the cores within a
+    call); Dask's processes and workers run in parallel, each with its own copy."""
 
     def __init__(self, explainer, options: dict, convert: Callable | None, layout: list, row_offset: int,
                  target_rows: np.ndarray | None):
