@@ -153,6 +153,13 @@ def make(model: Any) -> Adapter:
         msg = f"`model` must be a keras.Model or keras.Layer; got {type(model).__name__}"
         raise TypeError(msg)
     _check_continuous_inputs(keras, model)
+    return wrap(model)
+
+
+def wrap(model: Any) -> Adapter:
+    """The adapter of a ``keras.Layer`` on this backend, without :func:`make`'s check of its
+    inputs (a layer split's body takes token ids and is only ever run forward)."""
+    keras = require("keras")
     backend = keras.backend.backend()
     if backend == "jax":
         return KerasAdapter(JaxAdapter(model, functional=_stateless(model)))
