@@ -12,6 +12,7 @@ from gradshap._groups import GroupedExplanation as GroupedExplanation
 from gradshap._groups import confusion_labels as confusion_labels
 from gradshap._integrated import IntegratedGradients as IntegratedGradients
 from gradshap._sampling import SAMPLERS as SAMPLERS
+from gradshap._text import token_attributions as token_attributions
 from gradshap.explanation import Explanation as Explanation
 
 __version__ = "0.1.0"
@@ -27,4 +28,5 @@ __all__ = [
     "confusion_labels",
     "expected_gradients",
     "reference",
+    "token_attributions",
 ]

@@ -58,19 +58,25 @@ class Split:
             whole = _forward(self.full, xp, inputs, batch_size)
         with _engine._global_rng_guard(), self.head.session():
             cut = _forward(self.head, _validation.namespace_of((h,), "x"), (h,), batch_size)
-        whole, cut = _validation.to_numpy(whole), _validation.to_numpy(cut)
-        if isinstance(whole, tuple) or isinstance(cut, tuple) or whole.shape != cut.shape:
-            return  # the engine reports outputs it cannot explain
-        a, b = whole.astype(np.float64), cut.astype(np.float64)
-        eps = np.finfo(whole.dtype).eps if np.issubdtype(whole.dtype, np.floating) else np.finfo(np.float32).eps
-        gap = float(np.max(np.abs(a - b), initial=0.0))
-        if not gap <= math.sqrt(eps) * max(1.0, float(np.max(np.abs(a), initial=0.0))):
+        pairs = list(zip(_leaves(whole), _leaves(cut)))
+        gap, diff = 0.0, 0.0
+        for whole, cut in pairs:
+            whole, cut = _validation.to_numpy(whole), _validation.to_numpy(cut)
+            if whole.shape != cut.shape or not np.issubdtype(whole.dtype, np.floating):
+                continue  # the engine reports outputs it cannot explain
+            a, b = whole.astype(np.float64), cut.astype(np.float64)
+            scale = math.sqrt(np.finfo(whole.dtype).eps) * max(1.0, float(np.max(np.abs(a), initial=0.0)))
+            d = float(np.max(np.abs(a - b), initial=0.0))
+            if d / scale > gap:
+                gap, diff = d / scale, d
+        if gap > 1.0:
             msg = (
                 f"the model's output at `x` differs from the head's output at the activations of "
-                f"`layer` ({self.name}) by up to {gap:.3g}: the output depends on the input other than "
-                "through that layer (a skip connection around it, another input, or a layer that runs "
-                "more than once), so the layer's output does not determine it. Pick a layer every path "
-                "passes through, or pass layer=(body, head) with model(x) == head(body(x))"
+                f"`layer` ({self.name}) by up to {diff:.3g}, more than rounding explains: the output "
+                "depends on the input other than through that layer (a skip connection around it, another "
+                "input, or a layer that runs more than once), so the layer's output does not determine it. "
+                "Pick a layer every path passes through, or pass layer=(body, head) with "
+                "model(x) == head(body(x))"
             )
             raise ValueError(msg)
 
@@ -129,6 +135,15 @@ def _forward(adapter: Adapter, xp, inputs: tuple, batch_size: int | None):
     return _validation.namespace_of((outs[0],), "x").concat(outs, axis=0)
 
 
+def _leaves(out: Any) -> list:
+    """The arrays in a model's output: itself, or those in a tuple, list or dict (a Hugging Face output)."""
+    if isinstance(out, dict):
+        return [leaf for v in out.values() for leaf in _leaves(v)]
+    if isinstance(out, (tuple, list)):
+        return [leaf for v in out for leaf in _leaves(v)]
+    return [out] if hasattr(out, "shape") and hasattr(out, "dtype") else []
+
+
 def _check_single(out: Any, what: str) -> None:
     if isinstance(out, (tuple, list, dict)):
         msg = (
@@ -179,7 +194,8 @@ def _torch_split(model: Any, layer: Any, arrays: tuple) -> Split:
         if index is None:
             return out
         if not isinstance(out, tuple) or not -len(out) <= index < len(out):
-            msg = f"`layer` ({name}, {index}): the module returned {_validation.type_name(out)}, not a tuple with element {index}"
+            msg = (f"`layer` ({name}, {index}): the module returned {_validation.type_name(out)}, not a tuple "
+                   f"with element {index}")
             raise TypeError(msg)
         return out[index]
 
@@ -238,7 +254,8 @@ def _keras_split(model: Any, layer: Any) -> Split:
             msg = f"`layer` {name} is not the name of a layer of `model`; its layers are {shown}"
             raise ValueError(msg) from None
     if not isinstance(layer, keras.Layer) or not any(lay is layer for lay in getattr(model, "layers", ())):
-        msg = f"`layer` must be a layer of `model` or its name, or a pair (body, head); got {_validation.type_name(layer)}"
+        msg = ("`layer` must be a layer of `model` or its name, or a pair (body, head); got "
+               f"{_validation.type_name(layer)}")
         raise ValueError(msg)
     try:
         inputs, outputs, cut = model.inputs, model.outputs, layer.output
