@@ -340,6 +340,7 @@ def test_text_html_colours_each_shown_token_by_its_value():
         assert (int(r), int(g), int(b)) == ((215, 38, 61) if v >= 0 else (27, 110, 194))
     assert "row 1: f(x) = 0.8, base = 0.2" in page
     assert "row 0" not in plots.text_html(_token_explanation(), TOKENS, captions=False)
+    assert "review 7: f(x) = 1.85" in plots.text_html(_token_explanation(), TOKENS, names=["review 7", "review 9"])
 
 
 def test_text_figure_draws_the_same_tokens(tmp_path):

@@ -696,13 +696,14 @@ def _token_colour(value: float, scale: float) -> tuple:
     return tuple(int(rgb[i : i + 2], 16) / 255 for i in (1, 3, 5)) + (alpha,)
 
 
-def _row_caption(exp: Explanation, r: int) -> str:
+def _row_caption(exp: Explanation, r: int, names: Sequence | None) -> str:
     out, base, delta = (float(np.asarray(getattr(exp, k), dtype=np.float64).reshape(-1)[r])
                         for k in ("output", "base_values", "delta"))
-    return f"row {r}: f(x) = {out:.4g}, base = {base:.4g}, δ = {delta:.2g}"
+    return f"{f'row {r}' if names is None else names[r]}: f(x) = {out:.4g}, base = {base:.4g}, δ = {delta:.2g}"
 
 
-def text_html(exp: Explanation, tokens: Sequence, *, scale: float | None = None, captions: bool = True) -> str:
+def text_html(exp: Explanation, tokens: Sequence, *, scale: float | None = None, captions: bool = True,
+              names: Sequence[str] | None = None) -> str:
     """Tokens coloured by attribution, as an HTML fragment (one paragraph per row).
 
     Parameters
@@ -717,6 +718,8 @@ def text_html(exp: Explanation, tokens: Sequence, *, scale: float | None = None,
         The ``|attribution|`` drawn at full colour (default: the largest one shown).
     captions : bool
         Start each row with its ``f(x)``, base value and residual.
+    names : sequence of str, optional
+        What each row's caption calls it (default ``row i``).
 
     Returns
     -------
@@ -729,7 +732,7 @@ def text_html(exp: Explanation, tokens: Sequence, *, scale: float | None = None,
     for r, pairs in rows:
         parts.append("<p>")
         if captions:
-            parts.append(f'<span style="color: {NEUTRAL}">{html.escape(_row_caption(e, r))}</span><br>')
+            parts.append(f'<span style="color: {NEUTRAL}">{html.escape(_row_caption(e, r, names))}</span><br>')
         for tok, v in pairs:
             red, green, blue, alpha = _token_colour(v, scale)
             colour = f"rgba({round(red * 255)}, {round(green * 255)}, {round(blue * 255)}, {alpha:.3f})"
@@ -741,7 +744,7 @@ def text_html(exp: Explanation, tokens: Sequence, *, scale: float | None = None,
 
 
 def text(exp: Explanation, tokens: Sequence, *, scale: float | None = None, width: int = 80,
-         captions: bool = True, title: str | None = None):
+         captions: bool = True, names: Sequence[str] | None = None, title: str | None = None):
     """Tokens coloured by attribution, as a matplotlib figure (the same view as :func:`text_html`).
 
     Tokens are set in a monospaced font, each on a box coloured like :func:`text_html`'s,
@@ -755,7 +758,7 @@ def text(exp: Explanation, tokens: Sequence, *, scale: float | None = None, widt
     lines = []  # per line: (caption or None, [(column, token, value), ...])
     for r, pairs in rows:
         if captions:
-            lines.append((_row_caption(e, r), []))
+            lines.append((_row_caption(e, r, names), []))
         line, col = [], 0
         for tok, v in pairs:
             if col and col + len(tok) > width:
