@@ -141,8 +141,8 @@ def _check_continuous_inputs(keras, model) -> None:
         what = f"inputs of dtype {', '.join(integer)}" if integer else f"an Embedding first layer ({first.name!r})"
         msg = (
             f"`model` takes integer token ids or categories ({what}); gradients with respect to "
-            "them do not exist. Explain the embedding output instead: split the model after its "
-            "Embedding layer, and pass the embedded `background` and `x` with the rest of the model"
+            "them do not exist. Explain the embedding output instead: pass layer=<the Embedding "
+            "layer or its name> to the explainer (docs/layers.md)"
         )
         raise TypeError(msg)
 
