@@ -141,3 +141,22 @@ def test_tiny_random_bert():
     np.testing.assert_allclose(exp.output.numpy(), f_x, rtol=1e-12)
     np.testing.assert_allclose(exp.base_values.numpy(), f_0, rtol=1e-12)
     np.testing.assert_allclose(values.sum(axis=1), f_x - f_0, rtol=0, atol=1e-6 * np.max(np.abs(f_x - f_0)))
+
+
+def test_rows_come_back_in_order_with_their_own_targets(model, batch):
+    """Rows are explained by mask group (lengths 6, 4, 4, 3, 6 give three groups, the two
+    full rows apart); results, the predicted class and per-row baselines return in row order."""
+    ids, mask = batch
+    baselines = torch.stack([torch.full((LENGTH,), t) for t in (PAD, 1, 2, 3, 4)])
+    exp = gradshap.token_attributions(model, ids, layer="emb", attention_mask=mask, baseline=baselines,
+                                      target="predicted", n_steps=48)
+    f_x = run(model, ids, mask)
+    predicted = f_x.argmax(axis=1)
+    np.testing.assert_array_equal(np.asarray(exp.target), predicted)
+    np.testing.assert_allclose(exp.output.numpy(), f_x[np.arange(5), predicted], rtol=1e-12)
+    f_b = run(model, torch.where(mask == 1, baselines, ids), mask)[np.arange(5), predicted]
+    np.testing.assert_allclose(exp.base_values.numpy(), f_b, rtol=1e-12)
+    np.testing.assert_allclose(exp.values.numpy().sum(axis=1), f_x[np.arange(5), predicted] - f_b, rtol=0,
+                               atol=1e-6 * np.max(np.abs(f_x)))
+    with pytest.raises(ValueError, match=r"`baseline` has shape \(2, 6\)"):
+        gradshap.token_attributions(model, ids, layer="emb", attention_mask=mask, baseline=baselines[:2])

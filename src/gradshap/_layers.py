@@ -34,7 +34,7 @@ import numpy as np
 from gradshap import _engine, _tiling, _validation, backends
 from gradshap.backends import Adapter
 
-__all__ = ["Split", "split"]
+__all__ = ["Split", "data_of", "explain_inputs", "layer_of", "split"]
 
 
 class Split:

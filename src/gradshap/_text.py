@@ -13,6 +13,7 @@ has ``x - b = 0`` there and its attribution is exactly zero.
 
 from __future__ import annotations
 
+import numbers
 import sys
 from typing import Any
 
@@ -127,13 +128,18 @@ def _ids(torch, a: Any, name: str, shape: tuple | None = None):
 
 
 def _baseline_ids(torch, baseline: Any, ids):
+    """Integrated Gradients' baseline ids: ``(1, tokens)`` shared, or ``(rows, tokens)``."""
     n, length = ids.shape
-    if isinstance(baseline, int) and not isinstance(baseline, bool):
-        return torch.full((1, length), baseline, dtype=ids.dtype, device=ids.device)
+    if isinstance(baseline, numbers.Integral) and not isinstance(baseline, bool):
+        return torch.full((1, length), int(baseline), dtype=ids.dtype, device=ids.device)
     if isinstance(baseline, torch.Tensor) and baseline.ndim == 1:
         baseline = baseline[None]
-    return _ids(torch, baseline, "baseline", (None, length)) if baseline.shape[0] in (1, n) else _ids(
-        torch, baseline, "baseline", (n, length))
+    baseline = _ids(torch, baseline, "baseline", (None, length))
+    if baseline.shape[0] not in (1, n):
+        msg = (f"`baseline` has shape {_validation.shape_str(tuple(baseline.shape))}; expected a token id, "
+               f"({length},), (1, {length}) or ({n}, {length}) (one baseline per row)")
+        raise ValueError(msg)
+    return baseline
 
 
 def _groups(ids, mask) -> list:
