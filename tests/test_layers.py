@@ -130,6 +130,25 @@ def test_torch_model_left_as_found_also_after_an_error(torch, problem):
     assert torch.equal(torch.get_rng_state(), rng_state)
 
 
+def test_torch_hooks_removed_when_the_head_pass_fails(torch, problem):
+    """An error raised after the layer, inside a hooked pass (here: in the first gradient pass)."""
+    weights, x, bg = problem
+
+    class FailsUnderGrad(torch.nn.Module):
+        def forward(self, h):
+            if torch.is_grad_enabled():
+                raise RuntimeError("failed in the head")
+            return h
+
+    model = torch.nn.Sequential(torch_mlp(weights[:1]), torch.nn.Tanh(), FailsUnderGrad(),
+                                torch_mlp(weights[1:])).train()
+    explainer = gradshap.GradientExplainer(model, torch.from_numpy(bg), layer=model[1])
+    with pytest.raises(RuntimeError, match="failed in the head"):
+        explainer(torch.from_numpy(x), target=0, n_samples=4)
+    assert hooks(model) == 0 and model.training
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def residual_model(torch):
     class Model(torch.nn.Module):
         def __init__(self):
