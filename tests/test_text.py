@@ -160,3 +160,26 @@ def test_rows_come_back_in_order_with_their_own_targets(model, batch):
                                atol=1e-6 * np.max(np.abs(f_x)))
     with pytest.raises(ValueError, match=r"`baseline` has shape \(2, 6\)"):
         gradshap.token_attributions(model, ids, layer="emb", attention_mask=mask, baseline=baselines[:2])
+
+
+def test_same_length_background(model, batch, rng):
+    """`same_length=True` explains each row against the background sentences of its own
+    mask: the same numbers as one call per length with only those sentences."""
+    ids, mask = batch
+    lengths = np.array([6, 4, 3, 4, 6, 3, 4])
+    bg_mask = torch.from_numpy((np.arange(LENGTH)[None, :] < lengths[:, None]).astype(np.int64))
+    bg = torch.where(bg_mask == 1, torch.from_numpy(rng.integers(1, VOCAB, size=(7, LENGTH))), PAD)
+    exp = gradshap.token_attributions(model, ids, layer="emb", attention_mask=mask, background=bg,
+                                      background_mask=bg_mask, same_length=True, target=1, n_samples=30, seed=2)
+    for length in (6, 4, 3):
+        rows, of = np.flatnonzero(mask.sum(1).numpy() == length), np.flatnonzero(lengths == length)
+        alone = gradshap.token_attributions(model, ids[rows], layer="emb", attention_mask=mask[rows],
+                                            background=bg[of], background_mask=bg_mask[of], target=1,
+                                            n_samples=30, seed=2)
+        np.testing.assert_array_equal(exp.values.numpy()[rows], alone.values.numpy())
+        np.testing.assert_array_equal(exp.base_values.numpy()[rows], alone.base_values.numpy())
+    with pytest.raises(ValueError, match=r"no background sentence has the mask of row\(s\) 3 \(3 tokens\)"):
+        gradshap.token_attributions(model, ids, layer="emb", attention_mask=mask, background=bg[:2],
+                                    background_mask=bg_mask[:2], same_length=True, target=1, n_samples=4)
+    with pytest.raises(ValueError, match="needs `background`, `background_mask`"):
+        gradshap.token_attributions(model, ids, layer="emb", attention_mask=mask, background=bg, same_length=True)

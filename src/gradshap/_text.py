@@ -33,6 +33,7 @@ def token_attributions(
     attention_mask: Any = None,
     background: Any = None,
     background_mask: Any = None,
+    same_length: bool = False,
     baseline: Any = None,
     target: Any = None,
     n_samples: int = 200,
@@ -68,6 +69,10 @@ def token_attributions(
     background, background_mask : torch.Tensor (B, tokens), optional
         Background sentences and their mask (all ones by default; the mask is only used
         to run the model on them: each row's points run with that row's mask).
+    same_length : bool
+        With ``background`` and ``background_mask``: explain each row against only the
+        background sentences whose mask equals its own (the same length and padding), so
+        that no real token is compared with padding. A row with none is an error.
     baseline : int or torch.Tensor, optional
         Integrated Gradients' baseline ids, see above.
     target, n_samples, sampler, seed, batch_size
@@ -95,6 +100,9 @@ def token_attributions(
     if (background is None) == (baseline is None):
         msg = "pass exactly one of `background` (Expected Gradients) and `baseline` (Integrated Gradients)"
         raise ValueError(msg)
+    if same_length and (background is None or background_mask is None or mask is None):
+        msg = "`same_length=True` needs `background`, `background_mask` and `attention_mask`"
+        raise ValueError(msg)
     if background is not None:
         bg = _ids(torch, background, "background", (None, length))
         bg_mask = torch.ones_like(bg) if background_mask is None else _ids(
@@ -109,7 +117,8 @@ def token_attributions(
     parts = []
     for rows in _groups(ids, mask):
         parts.append((rows, _explain_group(
-            xp, model, layer, ids, mask, rows, bg, bg_mask, integrated=baseline is not None, target=target,
+            xp, model, layer, ids, mask, rows, *_matching(xp, bg, bg_mask, mask, rows, same_length),
+            integrated=baseline is not None, target=target,
             n_samples=n_samples, sampler=sampler, n_steps=n_steps, method=method, seed=seed, batch_size=batch_size)))
     return _joined(xp, parts, n, input_ids)
 
@@ -152,6 +161,19 @@ def _groups(ids, mask) -> list:
     for row, key in enumerate(zip(map(bytes, np.packbits(m, axis=1)), map(bytes, pads))):
         keys.setdefault(key, []).append(row)
     return [np.asarray(rows) for rows in keys.values()]
+
+
+def _matching(xp, bg, bg_mask, mask, rows, same_length: bool) -> tuple:
+    """``(bg, bg_mask)``, with ``same_length`` cut to the rows whose mask is that of ``rows``."""
+    if not same_length:
+        return bg, bg_mask
+    found = np.flatnonzero(np.all(_validation.to_numpy(bg_mask) == _validation.to_numpy(mask[rows[0]]), axis=1))
+    if found.size == 0:
+        msg = (f"`same_length=True`: no background sentence has the mask of row(s) {', '.join(map(str, rows[:10]))} "
+               f"({int(_validation.to_numpy(mask[rows[0]]).sum())} tokens); add some to `background`")
+        raise ValueError(msg)
+    at = xp.asarray(found, device=_validation.device_of(xp, bg))
+    return xp.take(bg, at, axis=0), xp.take(bg_mask, at, axis=0)
 
 
 def _explain_group(xp, model, layer, ids, mask, rows, bg, bg_mask, *, integrated: bool, target, n_samples,

@@ -126,23 +126,15 @@ def explain(model, d: dict, n: int, *, n_background: int, n_samples: int, seed: 
 
     lengths, train_lengths = d["mask_test"][:n].sum(axis=1), d["mask_train"].sum(axis=1)
     rng = np.random.default_rng(seed)
-    parts, order = [], []
-    for length in np.unique(lengths):
-        rows = np.flatnonzero(lengths == length)
-        pool = np.flatnonzero(train_lengths == length)
-        bg = np.sort(rng.choice(pool, size=min(n_background, pool.size), replace=False))
-        exp = gradshap.token_attributions(
-            model, torch.from_numpy(d["ids_test"][rows]), layer="emb",
-            attention_mask=torch.from_numpy(d["mask_test"][rows]),
-            background=torch.from_numpy(d["ids_train"][bg]), background_mask=torch.from_numpy(d["mask_train"][bg]),
-            n_samples=n_samples, seed=seed)
-        parts.append(exp.to_numpy())
-        order.append(rows)
-    back = np.argsort(np.concatenate(order), kind="stable")
-    fields = {k: np.concatenate([getattr(p, k) for p in parts])[back]
-              for k in ("values", "stderr", "base_values", "output", "delta")}
-    return gradshap.Explanation(**fields, data=d["ids_test"][:n], sampler=parts[0].sampler,
-                                n_samples=parts[0].n_samples)
+    background = np.sort(np.concatenate([
+        rng.choice(pool, size=min(n_background, pool.size), replace=False)
+        for pool in (np.flatnonzero(train_lengths == length) for length in np.unique(lengths))]))
+    exp = gradshap.token_attributions(
+        model, torch.from_numpy(d["ids_test"][:n]), layer="emb", attention_mask=torch.from_numpy(d["mask_test"][:n]),
+        background=torch.from_numpy(d["ids_train"][background]),
+        background_mask=torch.from_numpy(d["mask_train"][background]), same_length=True,
+        n_samples=n_samples, seed=seed)
+    return exp.to_numpy()
 
 
 def word_table(exp: gradshap.Explanation, d: dict) -> list[tuple]:
