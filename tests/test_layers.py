@@ -219,6 +219,15 @@ def test_torch_tuple_output_needs_a_selector(torch, rng):
     assert hooks(model) == 0
 
 
+def test_torch_layer_used_twice_is_refused(torch, problem):
+    weights, x, bg = problem
+    act = torch.nn.Tanh()
+    model = torch.nn.Sequential(torch_mlp(weights[:1]), act, torch_mlp(weights[1:2]), act, torch_mlp(weights[2:]))
+    with pytest.raises(ValueError, match=r"ran 2 times in one forward pass"):
+        gradshap.GradientExplainer(model, torch.from_numpy(bg), layer=act)(torch.from_numpy(x), target=0, n_samples=4)
+    assert hooks(model) == 0
+
+
 def test_torch_unknown_layer_names_the_submodules(torch, problem):
     model = torch_mlp(problem[0])
     with pytest.raises(ValueError, match=r"not the name of a submodule.*'0', '1'"):
