@@ -1,4 +1,4 @@
-"""``gradshap bench``: gradshap against each framework's floor, captum and shap.
+"""``python benchmarks/bench.py``: gradshap against each framework's floor, captum and shap.
 
 Every framework group (torch, jax, tensorflow, keras on each backend) runs in a fresh
 subprocess, so frameworks never share a process, a thread pool or an allocator. Inside a
@@ -1101,7 +1101,7 @@ def _run_worker(spec: dict, bar, timeout: float) -> dict:
 
 def _parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="gradshap bench",
+        prog="python benchmarks/bench.py",
         description="Time gradshap against each framework's floor, captum and shap; write JSON, markdown and a PNG.",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke run (no timing claims)")
@@ -1272,7 +1272,7 @@ def build_report(timing, memory, errors, names, tmp: Path, **meta) -> dict:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "device": meta["device"], "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "versions": _versions(),
-        "command": " ".join(["gradshap bench", *meta["argv"]]),
+        "command": " ".join(["python benchmarks/bench.py", *meta["argv"]]),
         "n_samples": meta["n_samples"], "repeats": meta["repeats"], "min_time_s": meta.get("min_time_s", 0.0),
         "quick": meta["quick"],
         "elapsed_s": meta["elapsed"], "rows": rows, "errors": errors,

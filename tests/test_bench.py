@@ -1,4 +1,4 @@
-"""`gradshap bench --quick` as a smoke test, and the speed paths of the adapters.
+"""`python benchmarks/bench.py --quick` as a smoke test, and the speed paths of the adapters.
 
 No timing is asserted anywhere here: speed is measured by benchmarks/ only. What is
 asserted is that the benchmark runs, writes its three outputs with a row per framework,
@@ -28,11 +28,11 @@ def quick_report(tmp_path_factory):
     import_or_fail("torch")
     import_or_fail("tqdm")
     import_or_fail("matplotlib")
-    from gradshap import cli
+    import bench
 
     out = tmp_path_factory.mktemp("bench")
     # Every installed framework group, as CI's smoke run; groups run side by side (~20 s).
-    code = cli.main(["bench", "--quick", "--out", str(out), "--no-progress"])
+    code = bench.main(["--quick", "--out", str(out), "--no-progress"])
     assert code == 0
     return out, json.loads((out / "bench.json").read_text())
 

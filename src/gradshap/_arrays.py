@@ -85,15 +85,20 @@ def is_tf_tensor(a: Any) -> bool:
 
 
 def to_numpy(a: Any) -> Any:
-    """A NumPy copy of an array of any framework (tuples map elementwise)."""
+    """A NumPy copy of an array of any framework (tuples map elementwise).
+
+    Floating dtypes NumPy lacks (bfloat16, float8) come back as float32, which holds
+    each of their values exactly; every framework's bfloat16 gives the same array.
+    """
     if a is None:
         return None
     if isinstance(a, (tuple, list)):
         return tuple(to_numpy(v) for v in a)
-    if isinstance(a, np.ndarray):
-        return a
     if aac.is_torch_array(a):
-        return a.detach().cpu().numpy()
-    if hasattr(a, "numpy") and not aac.is_array_api_obj(a):  # tf.Tensor
-        return a.numpy()
-    return np.asarray(a)
+        a = a.detach().cpu()
+        narrow = a.dtype.is_floating_point and a.itemsize < 4 and str(a.dtype) != "torch.float16"
+        return (a.float() if narrow else a).numpy()
+    if not isinstance(a, np.ndarray):
+        a = a.numpy() if hasattr(a, "numpy") and not aac.is_array_api_obj(a) else np.asarray(a)  # tf.Tensor
+    # ml_dtypes' floats (what JAX and TensorFlow give NumPy for bfloat16) have kind "V".
+    return a.astype(np.float32) if a.dtype.kind == "V" and a.dtype.names is None else a

@@ -155,6 +155,12 @@ def _estimate(xp, _, mean, m2, nodes, c_m2, c_between, w_center, c_nodes, *, col
     return values, variances
 
 
+def _selected(xp, out, cot):
+    """``sum(out * cot)`` per row over the outputs that ``cot`` selects: a NaN in an output
+    that is not explained stays out (``0 * nan`` would be NaN)."""
+    return xp.sum(xp.where(cot != 0, out * cot, xp.zeros_like(out)), axis=1)
+
+
 def _finish(xp, _, values, variances, out_x, ref_b, cot, *, shapes):
     """A target's results: values and standard errors per input ``(n, *f)``; base values,
     outputs and completeness residuals ``(n,)``."""
@@ -162,8 +168,9 @@ def _finish(xp, _, values, variances, out_x, ref_b, cot, *, shapes):
     cot = xp.astype(cot, acc, copy=False)
     values = [xp.reshape(v, (n, *f)) for v, f in zip(values, shapes)]
     errors = [xp.reshape(xp.sqrt(v), (n, *f)) for v, f in zip(variances, shapes)]
-    output, base = xp.sum(out_x * cot, axis=1), xp.sum(ref_b * cot, axis=1)
-    total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, -1)), axis=1) for v in values)
+    output, base = _selected(xp, out_x, cot), _selected(xp, ref_b, cot)
+    total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, math.prod(f))), axis=1)
+                for v, f in zip(values, shapes))
     return values, errors, base, output, total - (output - base)
 
 
@@ -251,14 +258,14 @@ class _Stats:
 
 
 def _layout(a: np.ndarray, design: _sampling.Design, tiling: _tiling.Tiling, fill) -> np.ndarray:
-    """Per-sample values ``(k, n_samples)`` laid out as ``(k, passes, columns)`` (sample ``j``
-    at pass ``j // columns``, column ``j % columns``), ``fill`` past them up to whole tiles."""
-    g, n0 = design.columns, design.n_samples
-    passes = max(p0 for _, p0 in tiling.tiles) + tiling.passes
-    full = np.full((a.shape[0], passes * g), fill, dtype=a.dtype)
-    full[:, :n0] = a
-    grid = np.full((a.shape[0], passes, tiling.column_starts[-1] + tiling.width), fill, dtype=a.dtype)
-    grid[:, :, :g] = np.reshape(full, (-1, passes, g))
+    """Per-sample values ``(k, m)`` of the passes from a tile's first pass, laid out as
+    ``(k, passes, columns)`` (sample ``p * columns + c`` at pass ``p``, column ``c``), ``fill``
+    past the block's samples and past the layout's columns."""
+    g = design.columns
+    full = np.full((a.shape[0], tiling.passes * g), fill, dtype=a.dtype)
+    full[:, : a.shape[1]] = a
+    grid = np.full((a.shape[0], tiling.passes, tiling.column_starts[-1] + tiling.width), fill, dtype=a.dtype)
+    grid[:, :, :g] = np.reshape(full, (-1, tiling.passes, g))
     return grid
 
 
@@ -297,6 +304,9 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
     device = _validation.device_of(xp, x[0])
     feat = [tuple(a.shape[1:]) for a in x]
     sizes = [math.prod(f) for f in feat]
+    if n == 0:
+        empty = [xp.full((0, s), 0.0, dtype=acc, device=device) for s in sizes]
+        return [empty, empty, np.zeros(0, dtype=np.int64), np.ones(0, dtype=bool)]
     n0 = design.n_samples
     step, merge, estimate = compile(_chunk), compile(_merge), compile(_estimate)
     per_column = design.fixed_baselines and stdevs == 0
@@ -322,16 +332,21 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
         """Positions of ``m`` rows in a chunk: repeated up to the chunk's rows where it compiles."""
         return np.arange(_tiling.rows_per_chunk(tiling, m, compiled=compiled)) % m
 
-    # What depends on the layout only, made once per call: each tile's weights (the same
-    # for every row), and per number of blocks the error model's factors.
-    weight = _layout(design.weights(0, n0)[None, :], design, tiling, 0.0)[0]
-    tiles = []
-    for group, p0 in tiling.tiles:
-        c0 = tiling.column_starts[group]
-        cut = (slice(p0, p0 + tiling.passes), slice(c0, c0 + tiling.width))
-        w = weight[cut]
-        tiles.append((group, p0, cut, np.sum(w, axis=0), int(np.count_nonzero(w)), host(w[None, :, :, None]),
-                      host(_ratio(1.0, np.sum(w, axis=0))[None, :, None])))
+    g = design.columns
+
+    def tiles_at(p0: int) -> list:
+        """The tiles from pass ``p0``: the samples they cover, and per column group its
+        columns, the weights per column, the points that count, and the weights as arguments."""
+        j0, j1 = p0 * g, min(n0, (p0 + tiling.passes) * g)
+        weight = _layout(design.weights(j0, j1)[None, :], design, tiling, 0.0)[0]
+        tiles = []
+        for group in tiling.groups_at(p0):
+            cut = slice(tiling.column_starts[group], tiling.column_starts[group] + tiling.width)
+            w = weight[:, cut]
+            tiles.append((group, cut, np.sum(w, axis=0), int(np.count_nonzero(w)), host(w[None, :, :, None]),
+                          host(_ratio(1.0, np.sum(w, axis=0))[None, :, None])))
+        return j0, j1, tiles
+
     models: dict = {}
 
     def estimate_of(stats: _Stats, blocks: int):
@@ -357,19 +372,21 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
         blocks, new = 0, 1
         while True:
             for block in range(blocks, blocks + new):
-                index, alpha, _ = _sampling.draw(design, key, ids, block, 0, n0)
-                index, alpha = _layout(index, design, tiling, 0), _layout(alpha, design, tiling, 0.5)
-                for group, p0, cut, w_column, count, w, inv_w in tiles:
-                    noise = None
-                    if stdevs > 0:
-                        c0 = tiling.column_starts[group]
-                        noise = [host(z) for z in _noise(design, tiling, key, ids, block, p0, c0, sizes, stdevs)]
-                    means, m2s, sums = step(xp, x_rows, background, cot, host(index[(slice(None), *cut)], xp.int64),
-                                            host(alpha[(slice(None), *cut)]), w, inv_w, noise,
-                                            per_column=per_column, nodes=nodes)
-                    stats.add(group, p0, w_column, means, m2s, sums)
-                    if bar is not None:
-                        bar.update(active.size * count)
+                for p0 in tiling.pass_starts:  # drawn a tile's passes at a time: memory O(chunk)
+                    j0, j1, tiles = tiles_at(p0)
+                    index, alpha, _ = _sampling.draw(design, key, ids, block, j0, j1)
+                    index, alpha = _layout(index, design, tiling, 0), _layout(alpha, design, tiling, 0.5)
+                    for group, cut, w_column, count, w, inv_w in tiles:
+                        noise = None
+                        if stdevs > 0:
+                            c0 = tiling.column_starts[group]
+                            noise = [host(z) for z in _noise(design, tiling, key, ids, block, p0, c0, sizes, stdevs)]
+                        means, m2s, sums = step(xp, x_rows, background, cot, host(index[:, :, cut], xp.int64),
+                                                host(alpha[:, :, cut]), w, inv_w, noise,
+                                                per_column=per_column, nodes=nodes)
+                        stats.add(group, p0, w_column, means, m2s, sums)
+                        if bar is not None:
+                            bar.update(active.size * count)
             blocks += new
             values, var = estimate_of(stats, blocks)
             ok = np.ones(active.size, dtype=bool)
@@ -473,32 +490,34 @@ def run(
     or until ``max_samples``; ``Result.n_samples`` then holds the samples used per row.
     ``compose(fn)``: the adapter followed by a callable target (:func:`composer`).
     """
-    n_samples = _validation.check_positive_int(n_samples, "n_samples")
-    stdevs = _validation.check_nonnegative_float(stdevs, "stdevs")
-    xp = _validation.namespace_of(x + background, "x") if xp is None else xp
-    _validation.check_arrays(xp, x, background)
-    device = _validation.device_of(xp, x[0])
-    native = adapter.xp is None or xp is adapter.xp
-    compiled = adapter.compiles and native
-    if batch_size is None:
-        feature_size = sum(math.prod(a.shape[1:]) for a in x)
-        batch_size = _tiling.default_batch_size(feature_size, device=device, compiled=compiled)
-    batch_size = _validation.check_positive_int(batch_size, "batch_size")
-    n, nb = x[0].shape[0], background[0].shape[0]
-    design = sampler if isinstance(sampler, _sampling.Design) else _sampling.plan(sampler, n_samples, nb)
-    rtol, max_blocks = _validation.check_adaptive(rtol, max_samples, n_samples, design)
-    composed = callable(target) and not isinstance(target, (str, type))
-    if composed:
-        adapter, target = (compose or adapter.compose)(target), None
-    # The framework's compiled steps where the inputs are its own arrays; else eager ones
-    # (Keras with NumPy inputs converts at each VJP).
-    compile = adapter.compile if native else Adapter.compile.__get__(adapter)
-    key = _sampling.seed_key(seed)
-    with _global_rng_guard(), adapter.session():
+    with _global_rng_guard(), adapter.session():  # entered first: validation reads the inputs too
+        n_samples = _validation.check_positive_int(n_samples, "n_samples")
+        stdevs = _validation.check_nonnegative_float(stdevs, "stdevs")
+        xp = _validation.namespace_of(x + background, "x") if xp is None else xp
+        _validation.check_arrays(xp, x, background)
+        device = _validation.device_of(xp, x[0])
+        native = adapter.xp is None or xp is adapter.xp
+        compiled = adapter.compiles and native
+        if batch_size is None:
+            feature_size = sum(math.prod(a.shape[1:]) for a in x)
+            batch_size = _tiling.default_batch_size(feature_size, device=device, compiled=compiled)
+        batch_size = _validation.check_positive_int(batch_size, "batch_size")
+        n, nb = x[0].shape[0], background[0].shape[0]
+        design = sampler if isinstance(sampler, _sampling.Design) else _sampling.plan(sampler, n_samples, nb)
+        rtol, max_blocks = _validation.check_adaptive(rtol, max_samples, n_samples, design)
+        composed = callable(target) and not isinstance(target, (str, type))
+        if composed:
+            adapter, target = (compose or adapter.compose)(target), None
+        # The framework's compiled steps where the inputs are its own arrays; else eager ones
+        # (Keras with NumPy inputs converts at each VJP).
+        compile = adapter.compile if native else Adapter.compile.__get__(adapter)
+        key = _sampling.seed_key(seed)
         what = "the output of the callable `target`" if composed else "the model's output"
-        out_x = _targets.as_matrix(xp, _outputs(adapter, xp, x, batch_size, compiled, what), n, what)
+        # No rows: an empty result (a partition of a dataset may be empty), the model not called at x.
+        out_x = _targets.as_matrix(xp, _outputs(adapter, xp, x, batch_size, compiled, what), n, what) if n else None
         what = f"{what} on `background`"
         out_b = _targets.as_matrix(xp, _outputs(adapter, xp, background, batch_size, compiled, what), nb, what)
+        out_x = out_b[:0, ...] if out_x is None else out_x
         if composed and out_x.shape[1] != 1:
             msg = (f"the callable `target` must return one scalar per row, shape ({n},); it returned "
                    f"{_validation.shape_str((n, out_x.shape[1]))}")
@@ -516,7 +535,7 @@ def run(
                 gap = None
                 if rtol is not None:
                     cot_acc = xp.astype(cot, acc, copy=False)
-                    gap = xp.sum(out_x * cot_acc, axis=1) - xp.sum(ref_b * cot_acc, axis=1)
+                    gap = _selected(xp, out_x, cot_acc) - _selected(xp, ref_b, cot_acc)
                 while True:
                     try:
                         tiling = _tiling.plan(design.n_samples, design.columns, batch_size)
@@ -535,21 +554,21 @@ def run(
                             bar.reset()
                 shapes = tuple(tuple(a.shape[1:]) for a in x)
                 vals, errs, base, output, delta = finish(xp, vals, var, out_x, ref_b, cot, shapes=shapes)
-                _check_gradients(xp, vals, "the selected target")
+                _check_finite(xp, vals, output, base, delta, out_b, cot, paired=design.paired)
                 per_target.append((vals, errs, base, output, delta, used, met))
         finally:
             if bar is not None:
                 bar.close()
-    if rtol is not None:
-        _warn_unconverged([t[6] for t in per_target], rtol, max_blocks * n_samples)
-    many, dtype = selection.many, x[0].dtype
-    values, stderr = (tuple(xp.astype(_stack(xp, [t[i][pos] for t in per_target], many), dtype, copy=False)
-                            for pos in range(len(x))) for i in (0, 1))
-    base, output, delta = (_stack(xp, [t[i] for t in per_target], many) for i in (2, 3, 4))
-    used = design.n_samples
-    if rtol is not None:
-        used = np.stack([t[5] for t in per_target], axis=-1) if many else per_target[0][5]
-    return Result(values, stderr, base, output, delta, selection.label, design.name, used)
+        if rtol is not None:
+            _warn_unconverged([t[6] for t in per_target], rtol, max_blocks * n_samples)
+        many, dtype = selection.many, x[0].dtype
+        values, stderr = (tuple(xp.astype(_stack(xp, [t[i][pos] for t in per_target], many), dtype, copy=False)
+                                for pos in range(len(x))) for i in (0, 1))
+        base, output, delta = (_stack(xp, [t[i] for t in per_target], many) for i in (2, 3, 4))
+        used = design.n_samples
+        if rtol is not None:
+            used = np.stack([t[5] for t in per_target], axis=-1) if many else per_target[0][5]
+        return Result(values, stderr, base, output, delta, selection.label, design.name, used)
 
 
 def composer(adapter: Adapter, kept: int = 8) -> Callable:
@@ -571,14 +590,33 @@ def composer(adapter: Adapter, kept: int = 8) -> Callable:
     return compose
 
 
-def _check_gradients(xp, values: list, name: str) -> None:
-    if all(_validation.all_finite(xp, v) for v in values):
+def _check_finite(xp, values: list, output, base, delta, out_b, cot, *, paired: bool) -> None:
+    """One reduction when all is well (``delta`` is finite only if the values, outputs and base
+    values are); else an error that names the rows: gradients, outputs at ``x``, or outputs
+    at background rows, for the outputs that ``cot`` selects."""
+    if _validation.all_finite(xp, delta):
         return
     shown = _validation.nonfinite_rows(xp, values)
     if shown:
         msg = (
-            f"the model produced NaN or inf gradients for {name} at input row(s) {shown}; "
+            f"the model produced NaN or inf gradients for the selected target at input row(s) {shown}; "
             "check the model for operations that are not differentiable there (log of 0, sqrt at 0, ...)"
+        )
+        raise FloatingPointError(msg)
+    shown = _validation.nonfinite_rows(xp, [output])
+    if shown:
+        msg = (
+            f"the model's output for the selected target is NaN or inf at input row(s) {shown} of `x`; "
+            "attributions would not add up to it: check the model or the inputs at those rows"
+        )
+        raise FloatingPointError(msg)
+    selected = cot != 0 if paired else xp.any(cot != 0, axis=0, keepdims=True)
+    shown = _validation.nonfinite_rows(xp, [xp.where(selected, out_b, xp.zeros_like(out_b))])
+    if shown:
+        what = "the per-row baseline(s)" if paired else "`background` row(s)"
+        msg = (
+            f"the model's output for the selected target is NaN or inf at {what} {shown}; "
+            "base_values would be NaN: drop those rows or check the model there"
         )
         raise FloatingPointError(msg)
 

@@ -221,12 +221,12 @@ class GroupedExplanation(Mapping):
 
     @property
     def mean(self):
-        """(G, *features) mean attribution per group."""
+        """``(G, *features)`` mean attribution per group."""
         return self._stack("mean")
 
     @property
     def stderr(self):
-        """(G, *features) standard error of each group mean across its rows."""
+        """``(G, *features)`` standard error of each group mean across its rows."""
         return self._stack("stderr")
 
     @property

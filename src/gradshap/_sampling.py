@@ -150,11 +150,46 @@ def normals(key: int, rows: np.ndarray, n: int, stream: int, start: int = 0) -> 
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def _permutation(key: int, rows: np.ndarray, n: int, stream: int) -> np.ndarray:
-    """A uniformly random permutation of ``range(n)`` per row, ``(len(rows), n)`` int64."""
-    # Ties between 53-bit uniforms (about n^2 / 2^54 per row) are the only place where a
-    # stable sort could differ; the default sort is 4x faster.
-    return np.argsort(uniforms(key, rows, n, stream), axis=1).astype(np.int64, copy=False)
+# Permutations of fewer elements than this are made whole (an argsort of uniforms, exactly
+# uniform); larger ones are evaluated entry by entry (a keyed Feistel network), so that a
+# few entries of a permutation of a large background cost O(1) each, not O(n log n).
+_WHOLE_PERMUTATION = 256
+_FEISTEL_ROUNDS = 6
+
+
+def _permuted(key: int, rows: np.ndarray, positions: np.ndarray, n: int, stream: int) -> np.ndarray:
+    """Entries ``positions`` (``(s,)``, each in ``range(n)``) of a random permutation of
+    ``range(n)`` per row: ``(len(rows), s)`` int64.
+
+    Large permutations are never built: a Feistel network keyed per row permutes the
+    integers below the smallest even power of two that holds ``n``, and an entry that lands
+    at or past ``n`` is permuted again until it falls inside (cycle walking: fewer than four
+    rounds of it on average), which keeps it a bijection of ``range(n)``.
+    """
+    rows = np.asarray(rows, dtype=np.uint64).reshape(-1)
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+    if n <= _WHOLE_PERMUTATION:
+        order = np.argsort(uniforms(key, rows, n, stream), axis=1)
+        return order[:, positions].astype(np.int64, copy=False)
+    half = ((n - 1).bit_length() + 1) // 2
+    mask = np.uint64((1 << half) - 1)
+    with np.errstate(over="ignore"):
+        row_key = _mix(np.uint64(key) ^ _mix(rows * _GOLDEN + np.uint64(stream) * _M2))
+        round_keys = np.stack([_mix(row_key + np.uint64(r + 1) * _M1) for r in range(_FEISTEL_ROUNDS)], axis=1)
+
+        def feistel(v: np.ndarray, keys: np.ndarray) -> np.ndarray:
+            for r in range(_FEISTEL_ROUNDS):
+                left, right = v >> np.uint64(half), v & mask
+                v = (right << np.uint64(half)) | (left ^ (_mix(keys[..., r] ^ (right * _GOLDEN)) & mask))
+            return v
+
+        out = feistel(np.broadcast_to(positions.astype(np.uint64), (rows.size, positions.size)),
+                      round_keys[:, None, :])
+        outside = np.nonzero(out >= np.uint64(n))
+        while outside[0].size:
+            out[outside] = feistel(out[outside], round_keys[outside[0]])
+            outside = tuple(a[out[outside] >= np.uint64(n)] for a in outside)
+    return out.astype(np.int64)
 
 
 def _radical_inverse(i: int) -> float:
@@ -326,9 +361,11 @@ def draw(design: Design, key: int, rows: np.ndarray, block: int, start: int, sto
         return (*_sobol(design, key, rows, block, j), weights)
     if design.columns == 1:
         return (*_without_replacement(design, key, rows, block, j), weights)
-    perm = _permutation(key, rows, design.n_background, _STREAM_PERM_BASELINE)
     c, p = j % design.columns, j // design.columns
-    index = perm[:, c]
+    if j.size >= design.columns:  # every column: the whole permutation, then one gather
+        index = _permuted(key, rows, np.arange(design.columns), design.n_background, _STREAM_PERM_BASELINE)[:, c]
+    else:
+        index = _permuted(key, rows, c, design.n_background, _STREAM_PERM_BASELINE)
     if kind == "balanced":
         return index, _latin_passes(design, key, rows, block, j), weights
     # lattice: column c holds the points (p + v + shift_c) / m_c, v the radical inverse of
@@ -354,7 +391,7 @@ def samples(sampler: str, key: int, rows: np.ndarray, n_samples: int, n_backgrou
 
 def _stratified_shifts(key: int, rows: np.ndarray, n: int) -> np.ndarray:
     """One point per stratum of (0, 1), strata in random order: ``(k, n)``."""
-    order = _permutation(key, rows, n, _STREAM_PERM_SHIFT)
+    order = _permuted(key, rows, np.arange(n), n, _STREAM_PERM_SHIFT)
     return (order + uniforms(key, rows, n, _STREAM_SHIFT)) / n
 
 
@@ -365,7 +402,7 @@ def _latin_passes(design: Design, key: int, rows: np.ndarray, block: int, j: np.
     for p in np.unique(j // g):
         width = min(g, design.n_samples - p * g)  # columns in this pass
         sub = _subkey(key, block, p)
-        strata = _permutation(sub, rows, width, _STREAM_PERM_STRATUM)
+        strata = _permuted(sub, rows, np.arange(width), width, _STREAM_PERM_STRATUM)
         values = (strata + uniforms(sub, rows, width, _STREAM_ALPHA)) / width
         where = j // g == p
         alpha[:, where] = values[:, j[where] % g]
@@ -375,14 +412,13 @@ def _latin_passes(design: Design, key: int, rows: np.ndarray, block: int, j: np.
 def _without_replacement(design: Design, key: int, rows: np.ndarray, block: int, j: np.ndarray):
     """Fewer samples than background rows: distinct baselines, stratified alphas."""
     n, nb = design.n_samples, design.n_background
-    perm = _permutation(key, rows, nb, _STREAM_PERM_BASELINE)
-    index = perm[:, (block * n + j) % nb]
+    index = _permuted(key, rows, (block * n + j) % nb, nb, _STREAM_PERM_BASELINE)
     if design.name == "lattice":
         shift = uniforms(key, rows, 1, _STREAM_SHIFT)
         return index, np.mod(j + _radical_inverse(block) + shift, n) / n
     sub = _subkey(key, block)
-    strata = _permutation(sub, rows, n, _STREAM_PERM_STRATUM)[:, j]
-    return index, (strata + uniforms(sub, rows, n, _STREAM_ALPHA)[:, j]) / n
+    strata = _permuted(sub, rows, j, n, _STREAM_PERM_STRATUM)
+    return index, (strata + uniforms(sub, rows, j.size, _STREAM_ALPHA, int(j[0]))) / n
 
 
 # --------------------------------------------------------------------------- Sobol

@@ -44,20 +44,35 @@ class Tiling:
     """Chunks of ``rows x passes x width`` points, and the tiles of the layout they cover.
 
     ``column_starts``: the first column of each group of ``width`` columns (the last group
-    may reach past the layout's columns: those weigh 0). ``tiles``: ``(group, first
-    pass)`` of every tile, each ``passes`` passes of one column group; a group's last tile
-    may reach past its columns' passes (those slots weigh 0).
+    may reach past the layout's columns: those weigh 0). ``counts``: the passes of each
+    group. A tile is ``passes`` passes of one group, from a first pass ``p0`` in
+    :attr:`pass_starts`; a group's last tile may reach past its passes (those slots weigh
+    0). Tiles are never listed: a call may have millions.
     """
 
     rows: int
     passes: int
     width: int
     column_starts: tuple
-    tiles: tuple
+    counts: tuple
 
     @property
     def points(self) -> int:
         return self.rows * self.passes * self.width
+
+    @property
+    def pass_starts(self) -> range:
+        """The first pass of each tile of the longest group."""
+        return range(0, max(self.counts), self.passes)
+
+    def groups_at(self, p0: int) -> list:
+        """The column groups that have a tile from pass ``p0``."""
+        return [group for group, count in enumerate(self.counts) if count > p0]
+
+    @property
+    def tiles(self) -> tuple:
+        """``(group, p0)`` of every tile, in the order the engine runs them (for tests)."""
+        return tuple((group, p0) for p0 in self.pass_starts for group in self.groups_at(p0))
 
 
 def plan(n_samples: int, columns: int, batch_size: int) -> Tiling:
@@ -83,8 +98,7 @@ def plan(n_samples: int, columns: int, batch_size: int) -> Tiling:
             options.append((rows * n_samples / made, made, rows, passes, width, counts))
     top = max(o[0] for o in options)
     _, _, rows, passes, width, counts = min((o for o in options if o[0] >= _NEAR_BEST * top), key=lambda o: o[1])
-    tiles = tuple((group, p0) for group, count in enumerate(counts) for p0 in range(0, count, passes))
-    return Tiling(rows, passes, width, tuple(range(0, columns, width)), tiles)
+    return Tiling(rows, passes, width, tuple(range(0, columns, width)), tuple(counts))
 
 
 def rows_per_chunk(tiling: Tiling, n_rows: int, *, compiled: bool) -> int:

@@ -88,6 +88,14 @@ def check_arrays(xp, x: tuple, background: tuple, *, finite: bool = True) -> Non
                 "copies silently: move both to the model's device"
             )
             raise ValueError(msg)
+    for name, arrays in (("x", x), ("background", background)):
+        for k, a in enumerate(arrays[1:], start=1):
+            if a.shape[0] != arrays[0].shape[0]:
+                msg = (
+                    f"`{name}[{k}]` has {a.shape[0]} rows but `{name}[0]` has {arrays[0].shape[0]}; "
+                    "every input of a model needs one row per example"
+                )
+                raise ValueError(msg)
     if not finite:
         return
     for k, (xi, bi) in enumerate(zip(x, background)):

@@ -1,45 +1,32 @@
-"""The ``gradshap`` command: ``gradshap demo`` and ``gradshap bench``."""
+"""The ``gradshap`` command: ``gradshap demo``.
+
+The speed benchmark is not a subcommand: it measures a source checkout against captum and
+shap and writes next to ``benchmarks/RESULTS.md``, so it runs from a checkout as
+``python benchmarks/bench.py`` (``pip install -e ".[bench,torch,jax]"`` first).
+"""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 __all__ = ["main"]
 
-
-def _benchmarks_dir() -> Path:
-    """The source checkout's benchmarks/ folder (bench runs from a checkout, not a wheel)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "benchmarks"
-        if (candidate / "bench.py").is_file():
-            return candidate
-    msg = "gradshap bench runs from a source checkout of gradshap (benchmarks/bench.py not found)"
-    raise SystemExit(msg)
-
-
-_USAGE = """usage: gradshap {demo,bench} [options]
+_USAGE = """usage: gradshap demo [options]
 
   demo    train a small model, explain it and write a report (gradshap demo --help)
-  bench   cross-framework speed and memory benchmark (gradshap bench --help)
+
+The speed benchmark runs from a source checkout: python benchmarks/bench.py --help
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in ("demo", "bench"):
+    if not argv or argv[0] != "demo":
         print(_USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    command, rest = argv[0], argv[1:]
-    if command == "demo":
-        from gradshap import _demo
+    from gradshap import _demo
 
-        return int(_demo.main(rest) or 0)
-    sys.path.insert(0, str(_benchmarks_dir()))
-    import bench as bench_module  # benchmarks/bench.py
-
-    return int(bench_module.main(rest) or 0)
+    return int(_demo.main(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import numbers
+import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -266,7 +268,7 @@ class Explanation:
         model with several inputs, a tuple of shap Explanations (one per input) sharing
         the base values.
         """
-        shap = require("shap", "test")
+        shap = require("shap", "shap")
         exp = self.to_numpy()
         if isinstance(exp.values, tuple):
             names = exp.feature_names if isinstance(exp.feature_names, (tuple, list)) and len(exp.feature_names) == len(exp.values) \
@@ -283,7 +285,9 @@ class Explanation:
         """Write every field to a compressed ``.npz`` (no pickle); returns the path written.
 
         Arrays are saved as NumPy arrays (moved to the host); :meth:`load` gives them back
-        as NumPy arrays with the same shapes and dtypes. ``extras`` is not saved.
+        as NumPy arrays with the same shapes and dtypes; bfloat16 and float8, which NumPy
+        lacks, are saved as float32, which holds their values exactly (:meth:`to_numpy`).
+        ``extras`` is not saved.
         """
         exp = self.to_numpy()
         arrays: dict[str, np.ndarray] = {}
@@ -328,8 +332,29 @@ class Explanation:
 
     @classmethod
     def load(cls, path: str | Path) -> "Explanation":
-        """Read an Explanation written by :meth:`save` (NumPy arrays)."""
-        with np.load(path, allow_pickle=False) as archive:
+        """Read an Explanation written by :meth:`save` (NumPy arrays, never pickle).
+
+        A file that is not one (truncated, foreign, missing entries) raises ``ValueError``
+        naming the file and what is wrong; a missing file raises ``FileNotFoundError``.
+        """
+        try:
+            return cls._load(path)
+        except (zipfile.BadZipFile, EOFError, KeyError, TypeError, json.JSONDecodeError, zlib.error) as err:
+            what = f"an entry is missing ({err.args[0]})" if isinstance(err, KeyError) else str(err) or type(err).__name__
+            msg = f"`path` {str(path)!r} is not a readable gradshap Explanation: {what}"
+            raise ValueError(msg) from err
+        except ValueError as err:
+            if str(err).startswith("`path`"):
+                raise
+            what = "it is not an .npz archive (gradshap never loads pickles)" if "pickle" in str(err) else str(err)
+            msg = f"`path` {str(path)!r} is not a readable gradshap Explanation: {what}"
+            raise ValueError(msg) from err
+
+    @classmethod
+    def _load(cls, path: str | Path) -> "Explanation":
+        # The file is opened here so that it is closed on every error (np.load leaves it open
+        # when the archive is damaged).
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as archive:
             if "__meta__" not in archive.files:
                 msg = f"`path` {str(path)!r} is not a saved gradshap Explanation (no __meta__ entry)"
                 raise ValueError(msg)

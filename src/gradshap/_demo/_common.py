@@ -18,7 +18,7 @@ __all__ = ["Timer", "explain", "explain_test_set", "finish", "group_rows", "need
 
 def needs(framework: str, report: bool) -> None:
     """Fail early, with the install command, when a package the demo uses is missing."""
-    require("sklearn", "test")
+    require("sklearn", "demo")
     require("tqdm", "plots")
     if framework == "torch":
         require("torch")

@@ -21,8 +21,11 @@ __all__ = ["Adapter", "FRAMEWORKS", "detect", "make", "require"]
 #: the torch backend is also a torch.nn.Module, and on TensorFlow a tf.Module.
 FRAMEWORKS = ("keras", "torch", "tensorflow", "jax", "numpy")
 
+#: The extra of pyproject.toml that installs each module (tests/test_packaging.py checks
+#: that the extra named in every install hint lists the package).
 _EXTRAS = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow", "keras": "keras",
-           "flax": "jax", "equinox": "jax", "tqdm": "plots", "matplotlib": "plots"}
+           "flax": "jax", "optax": "jax", "tqdm": "plots", "matplotlib": "plots",
+           "sklearn": "demo", "shap": "shap", "captum": "bench"}
 
 
 def require(module: str, extra: str | None = None):

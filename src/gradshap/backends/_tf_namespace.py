@@ -67,8 +67,14 @@ class _Namespace:
     def sum(self, x, axis=None, keepdims=False):
         return self._tf.reduce_sum(x, axis, keepdims=keepdims)
 
-    def any(self, x, axis=None):
-        return self._tf.reduce_any(x, axis)
+    def any(self, x, axis=None, keepdims=False):
+        return self._tf.reduce_any(x, axis, keepdims=keepdims)
+
+    def where(self, condition, x1, x2):
+        return self._tf.where(condition, x1, x2)
+
+    def zeros_like(self, x):
+        return self._tf.zeros_like(x)
 
     def all(self, x, axis=None):
         return self._tf.reduce_all(x, axis)

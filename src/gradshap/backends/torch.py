@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from typing import Any, Callable
 
 from gradshap.backends import Adapter, require
@@ -57,8 +58,10 @@ class TorchAdapter(Adapter):
             return fn(points)
         try:
             result = fn(tuple(self._layout(p) for p in points))
-        except RuntimeError:
-            if self._layout_checked:
+        except RuntimeError as err:
+            # Only the failure of a .view() on channels-last activations; the model's own
+            # errors propagate as they are.
+            if self._layout_checked or "view size is not compatible" not in str(err):
                 raise
             self._channels_last = False
             return fn(points)
@@ -92,31 +95,63 @@ class TorchAdapter(Adapter):
         adapter.name = self.name
         return adapter
 
-    @contextlib.contextmanager
-    def session(self):
-        torch = self._torch
-        model = self.model
-        is_module = isinstance(model, torch.nn.Module)
-        modes = [(m, m.training) for m in model.modules()] if is_module else []
-        flags = [(p, p.requires_grad) for p in model.parameters()] if is_module else []
-        cpu_rng = torch.get_rng_state()
-        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        try:
-            if is_module:
-                model.eval()
-                # Parameters need no gradient here: skipping them saves the weight-gradient
-                # half of every backward pass and leaves `.grad` untouched.
-                for p, _ in flags:
-                    p.requires_grad_(False)
+    def session(self) -> contextlib.AbstractContextManager:
+        return _session(self._torch, self.model)
+
+
+# The calls in progress per model (by id; an entry lives only while a call runs): the first
+# call to start records the model's modes, flags and torch's RNG states and sets eval mode;
+# the last to end restores them. Calls from several threads on one model are then each
+# made in eval mode, and the model is left as the first found it.
+_ACTIVE: dict = {}
+_ACTIVE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _session(torch, model):
+    with _ACTIVE_LOCK:
+        entry = _ACTIVE.get(id(model))
+        if entry is None:
+            entry = _ACTIVE[id(model)] = [0, _enter(torch, model)]
+        entry[0] += 1
+    try:
+        # Per call (grad modes are per thread): no graph is recorded for the engine's own
+        # operations, even on inputs that require grad, and a caller's inference mode is
+        # left for the call (value_and_grad enables gradients for the model alone).
+        with torch.inference_mode(False), torch.no_grad():
             yield
-        finally:
-            for m, training in modes:
-                m.training = training
-            for p, flag in flags:
-                p.requires_grad_(flag)
-            torch.set_rng_state(cpu_rng)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state_all(cuda_rng)
+    finally:
+        with _ACTIVE_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del _ACTIVE[id(model)]
+                _restore(torch, *entry[1])
+
+
+def _enter(torch, model) -> tuple:
+    """Record the state a call changes, then set eval mode and freeze the parameters."""
+    is_module = isinstance(model, torch.nn.Module)
+    modes = [(m, m.training) for m in model.modules()] if is_module else []
+    flags = [(p, p.requires_grad) for p in model.parameters()] if is_module else []
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    state = (modes, flags, torch.get_rng_state(), cuda_rng)
+    if is_module:
+        model.eval()
+        # Parameters need no gradient here: skipping them saves the weight-gradient half
+        # of every backward pass and leaves `.grad` untouched.
+        for p, _ in flags:
+            p.requires_grad_(False)
+    return state
+
+
+def _restore(torch, modes: list, flags: list, cpu_rng, cuda_rng) -> None:
+    for m, training in modes:
+        m.training = training
+    for p, flag in flags:
+        p.requires_grad_(flag)
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
 
 
 def make(model: Any) -> TorchAdapter:
