@@ -1144,12 +1144,24 @@ def main(argv: list[str] | None = None) -> int:
         if g not in GROUPS:
             print(f"gradshap bench: unknown group {g!r}; choose from {', '.join(GROUPS)}", file=sys.stderr)
             return 2
+    for name in ("n_samples", "repeats", "jobs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            print(f"bench: --{name.replace('_', '-')} must be a positive integer; got {value}", file=sys.stderr)
+            return 2
+    if args.min_time is not None and not args.min_time >= 0:
+        print(f"bench: --min-time must be a number of seconds >= 0; got {args.min_time}", file=sys.stderr)
+        return 2
     rows_filter = set(args.rows.split(",")) if args.rows else set(ROWS)
     n_samples = args.n_samples or (16 if args.quick else 200)
     repeats = args.repeats or (1 if args.quick else 5)
     min_time = args.min_time if args.min_time is not None else (0.0 if args.quick else MIN_TIME_S)
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:  # before any work: a bad --out is found in a second, not after the runs
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"bench: cannot write to --out {args.out!r}: {err.strerror or err}", file=sys.stderr)
+        return 2
     import shutil
     import tempfile
 
@@ -1217,6 +1229,9 @@ def main(argv: list[str] | None = None) -> int:
     render_png(report, out_dir / "bench.png")
     print(md)
     print(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {out_dir / 'bench.png'}")
+    if errors:
+        print(f"bench: {len(errors)} job(s) failed: {', '.join(errors)}", file=sys.stderr)
+        return 1
     return 0
 
 

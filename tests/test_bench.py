@@ -331,3 +331,25 @@ def test_draws_do_not_depend_on_batch_size():
     for other in runs[1:]:
         np.testing.assert_allclose(other.values, runs[0].values, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(other.stderr, runs[0].stderr, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n-samples", "0"], "--n-samples must be a positive integer; got 0"),
+    (["--n-samples", "-5"], "--n-samples must be a positive integer; got -5"),
+    (["--repeats", "0"], "--repeats must be a positive integer"),
+    (["--min-time", "-1"], "--min-time must be"),
+])
+def test_bench_refuses_bad_numbers_before_any_work(argv, message, tmp_path, capsys):
+    import bench
+
+    assert bench.main(["--quick", "--no-progress", "--out", str(tmp_path / "out"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_refuses_an_out_below_a_file_before_any_work(tmp_path, capsys):
+    import bench
+
+    (tmp_path / "afile").write_text("")
+    assert bench.main(["--quick", "--no-progress", "--out", str(tmp_path / "afile" / "sub")]) == 2
+    assert "cannot write to --out" in capsys.readouterr().err

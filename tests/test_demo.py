@@ -115,7 +115,14 @@ def test_tabular_demo(framework, tmp_path, capsys):
     assert f"report: {(out / 'index.html').resolve()}" in printed
     waterfalls = {f"waterfall_{g}" for g in ("TP", "TN", "FP", "FN") if summary["counts"][g]}
     _check_report(out, {"confusion", "groups", "group_TP", "group_TN", "group_FP", "group_FN", "importance",
-                        "beeswarm", "base_value", "completeness", "convergence"} | waterfalls)
+                        "beeswarm", "base_value", "completeness", "convergence", "metrics"} | waterfalls)
+    # the metrics section: every method scored on the same rows, exhaustive EG as the reference
+    records = summary["metrics"]["records"]
+    assert {r["method"] for r in records} == {"lattice", "iid", "sobol", "integrated gradients"}
+    assert {r["name"] for r in records} == {"deletion_auc", "insertion_auc", "infidelity", "relative_l2", "calibration"}
+    assert all(r["n"] == 40 and r["low"] <= r["mean"] <= r["high"] for r in records)
+    error = {r["method"]: r["mean"] for r in records if r["name"] == "relative_l2"}
+    assert error["lattice"] < error["iid"] < error["integrated gradients"]
     conv = summary["convergence"]
     assert conv["sizes"] == [3, 6, 12, 24, 48, 96] and conv["reference"] == 32 * 24
 

@@ -325,3 +325,78 @@ def test_damaged_or_foreign_files_load_with_one_clear_error(tmp_path, rng):
             gradshap.Explanation.load(path)
     with pytest.raises(FileNotFoundError):
         gradshap.Explanation.load(os.fspath(tmp_path / "missing.npz"))
+
+
+def test_demo_refuses_an_out_below_a_file_before_training(tmp_path, capsys, monkeypatch):
+    from gradshap import _demo
+
+    def no_training(args):
+        raise AssertionError("the demo started its work")
+
+    (tmp_path / "afile").write_text("")
+    import gradshap._demo._tabular as tabular
+
+    monkeypatch.setattr(tabular, "run", no_training)
+    assert _demo.main(["--out", str(tmp_path / "afile" / "sub"), "--no-progress"]) == 2
+    assert "cannot write the report to --out" in capsys.readouterr().err
+
+
+def test_feature_names_and_progress_are_validated(rng):
+    w = rng.normal(size=(3, 1))
+    f = (lambda p: p @ w, lambda p: np.broadcast_to(w[:, 0], p.shape))
+    bg = rng.normal(size=(4, 3))
+    with pytest.raises(TypeError, match=r"`feature_names` must be a sequence of names.*'abc'"):
+        gradshap.GradientExplainer(f, bg, feature_names="abc")
+    with pytest.raises(ValueError, match=r"`feature_names` has 2 names but `background` has shape \(4, 3\)"):
+        gradshap.GradientExplainer(f, bg, feature_names=["a", "b"])
+    with pytest.raises(TypeError, match=r"`feature_names` must be a sequence"):
+        gradshap.IntegratedGradients(f, feature_names="abc")
+    with pytest.raises(ValueError, match=r"`feature_names` has 4 names"):
+        gradshap.IntegratedGradients(f, feature_names=list("abcd"))(bg[:1], n_steps=4)
+    assert gradshap.GradientExplainer(f, bg, feature_names=("a", "b", "c"))(bg[:1], n_samples=4).feature_names == [
+        "a", "b", "c"]
+    with pytest.raises(TypeError, match=r"`progress` must be True or False; got 'yes'"):
+        gradshap.GradientExplainer(f, bg)(bg[:1], n_samples=4, progress="yes")
+
+
+def test_a_torch_model_given_other_arrays_or_another_dtype_says_what_it_expected(rng):
+    torch = import_or_fail("torch")
+    model = torch.nn.Linear(3, 1).double()
+    bg, x = rng.normal(size=(4, 3)), rng.normal(size=(2, 3))
+    with pytest.raises(TypeError, match=r"torch model must be torch tensors; got numpy.ndarray"):
+        gradshap.GradientExplainer(model, bg)(x, n_samples=4)
+    with pytest.raises(TypeError, match=r"have dtype float32 but the model's parameters are float64"):
+        gradshap.GradientExplainer(model, torch.from_numpy(bg).float())(torch.from_numpy(x).float(), n_samples=4)
+
+
+def test_a_conv_models_own_error_propagates_and_runs_the_model_once():
+    torch = import_or_fail("torch")
+    calls = []
+
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 2, 3)
+
+        def forward(self, p):
+            calls.append(p.shape)
+            raise RuntimeError("the model's own failure")
+
+    with pytest.raises(RuntimeError, match="the model's own failure"):
+        gradshap.GradientExplainer(Broken(), torch.zeros(3, 2, 5, 5))(torch.zeros(2, 2, 5, 5), n_samples=4)
+    assert len(calls) == 1
+
+
+def test_a_random_model_behind_a_plain_function_is_an_error():
+    """gradshap cannot set the mode of a module it cannot see; it finds the model random."""
+    torch = import_or_fail("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.Dropout(0.5), torch.nn.Linear(32, 1)).double().train()
+    bg, x = torch.randn(4, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match=r"not deterministic.*Dropout.*model.eval\(\)"):
+        gradshap.GradientExplainer(lambda a: net(a), bg)(x, n_samples=8)
+    assert torch.equal(torch.get_rng_state(), state)
+    net.eval()
+    exp = gradshap.GradientExplainer(lambda a: net(a), bg)(x, n_samples=8)
+    assert float(abs(exp.delta).max()) < 1e-9

@@ -493,6 +493,7 @@ def run(
     with _global_rng_guard(), adapter.session():  # entered first: validation reads the inputs too
         n_samples = _validation.check_positive_int(n_samples, "n_samples")
         stdevs = _validation.check_nonnegative_float(stdevs, "stdevs")
+        progress = _validation.check_bool(progress, "progress")
         xp = _validation.namespace_of(x + background, "x") if xp is None else xp
         _validation.check_arrays(xp, x, background)
         device = _validation.device_of(xp, x[0])
@@ -518,6 +519,7 @@ def run(
         what = f"{what} on `background`"
         out_b = _targets.as_matrix(xp, _outputs(adapter, xp, background, batch_size, compiled, what), nb, what)
         out_x = out_b[:0, ...] if out_x is None else out_x
+        _check_deterministic(adapter, xp, background, out_b, batch_size, compiled)
         if composed and out_x.shape[1] != 1:
             msg = (f"the callable `target` must return one scalar per row, shape ({n},); it returned "
                    f"{_validation.shape_str((n, out_x.shape[1]))}")
@@ -588,6 +590,28 @@ def composer(adapter: Adapter, kept: int = 8) -> Callable:
         return made[fn]
 
     return compose
+
+
+def _check_deterministic(adapter: Adapter, xp, background: tuple, out_b, batch: int, compiled: bool) -> None:
+    """The model's outputs on the first background rows again (the first chunk's shape: nothing
+    new to compile); a model that differs is random (Dropout in training mode, say) and its
+    attributions would be noise."""
+    m = min(background[0].shape[0], batch)
+    again = _outputs(adapter, xp, tuple(a[:m, ...] for a in background), batch, compiled, "the model's output")
+    first = out_b[:m, ...]
+    again = xp.reshape(xp.astype(again, first.dtype, copy=False), tuple(first.shape))
+    with np.errstate(invalid="ignore"):
+        scale = float(xp.max(xp.abs(first))) if not _validation.is_lazy(first) else 0.0
+        diff = float(xp.max(xp.abs(again - first))) if not _validation.is_lazy(first) else 0.0
+    if diff > 1e-3 * scale + 1e-30:
+        msg = (
+            f"the model is not deterministic: two forward passes over the same `background` rows differ by up to "
+            f"{diff:.3g} (outputs up to {scale:.3g}). Expected Gradients needs one function at every point: is "
+            "Dropout or another random layer in training mode? gradshap sets eval mode for a torch.nn.Module or "
+            "Keras model passed as the model, but cannot see inside a plain function: call model.eval() before "
+            "wrapping it, or pass the module itself"
+        )
+        raise ValueError(msg)
 
 
 def _check_finite(xp, values: list, output, base, delta, out_b, cot, *, paired: bool) -> None:

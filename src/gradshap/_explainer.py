@@ -63,7 +63,8 @@ class GradientExplainer:
         self.framework = self.adapter.name
         self.model = model
         self.batch_size = None if batch_size is None else _validation.check_positive_int(batch_size, "batch_size")
-        self.feature_names = None if feature_names is None else list(feature_names)
+        # With a layer, names are the layer's units: their count is known at the call only.
+        self.feature_names = _validation.check_feature_names(feature_names, () if layer is not None else self._background)
 
     def __call__(
         self,

@@ -65,7 +65,8 @@ class IntegratedGradients:
         self.baseline = baseline
         self._framework = framework
         self.batch_size = None if batch_size is None else _validation.check_positive_int(batch_size, "batch_size")
-        self.feature_names = None if feature_names is None else list(feature_names)
+        # Checked against the inputs' feature shapes at the first call (the baseline may be None).
+        self.feature_names = _validation.check_feature_names(feature_names, ())
         self.adapter = self._compose = None
         if baseline is not None:
             arrays = _validation.as_inputs(baseline, "baseline")
@@ -162,7 +163,8 @@ class IntegratedGradients:
         )
         return Explanation.from_result(
             result, data=_layers.data_of(self._split, x, xs[0]),
-            many_inputs=self._split is None and isinstance(x, (tuple, list)), feature_names=self.feature_names
+            many_inputs=self._split is None and isinstance(x, (tuple, list)),
+            feature_names=_validation.check_feature_names(self.feature_names, xs),
         )
 
     def __repr__(self) -> str:

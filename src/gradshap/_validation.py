@@ -178,3 +178,37 @@ def check_adaptive(rtol, max_samples, n_samples: int, design) -> tuple[float | N
         msg = f"`max_samples` must be >= `n_samples` ({n_samples}), the first round; got {max_samples}"
         raise ValueError(msg)
     return rtol, max_samples // n_samples
+
+
+def check_feature_names(names: Any, background: tuple) -> list | tuple | None:
+    """``feature_names`` as a list, one name per feature of the (single) input, or a tuple of
+    such lists, one per input; ``None`` stays ``None``."""
+    if names is None:
+        return None
+    if isinstance(names, (str, bytes)):
+        msg = f"`feature_names` must be a sequence of names, one per feature; got the string {names!r}"
+        raise TypeError(msg)
+    names = list(names)
+    if not background:  # inputs not known yet: checked at the call
+        return names
+    nested = len(background) > 1 and len(names) == len(background) and all(
+        n is None or (not isinstance(n, (str, bytes)) and hasattr(n, "__len__")) for n in names)
+    for k, (part, b) in enumerate(zip(names, background) if nested else [(names, background[0])]):
+        if part is None:
+            continue
+        allowed = {b.shape[1] if b.ndim > 1 else 1, math.prod(b.shape[1:])}
+        if len(part) not in allowed:
+            where = f"`feature_names[{k}]`" if nested else "`feature_names`"
+            what = f"`background[{k}]`" if nested else "`background`"
+            msg = (f"{where} has {len(part)} names but {what} has shape {shape_str(tuple(b.shape))}; expected "
+                   f"{' or '.join(map(str, sorted(allowed)))} names")
+            raise ValueError(msg)
+    return tuple(None if n is None else list(n) for n in names) if nested else names
+
+
+def check_bool(value: Any, name: str) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    msg = f"`{name}` must be True or False; got {value!r}"
+    raise TypeError(msg)
+

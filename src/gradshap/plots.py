@@ -18,6 +18,8 @@ Colours follow one convention: red pushes the model output up, blue pushes it do
 - :func:`completeness` -- ``sum(values)`` against ``output - base_values``, and ``delta``.
 - :func:`text` and :func:`text_html` -- tokens coloured by their attribution (from
   :func:`gradshap.token_attributions`), as a figure or as HTML for a report.
+- :func:`curves` -- deletion / insertion curves of :mod:`gradshap.metrics`, with a band over rows.
+- :func:`comparison` -- scores of several methods (:func:`gradshap.metrics.compare`) with intervals.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from gradshap._groups import Group, GroupedExplanation, z_value
 from gradshap.explanation import Explanation
 from gradshap.backends import require
 
-__all__ = ["bar", "beeswarm", "completeness", "image", "importance", "text", "text_html", "waterfall"]
+__all__ = ["bar", "beeswarm", "comparison", "completeness", "curves", "image", "importance", "text", "text_html", "waterfall"]
 
 POSITIVE = "#d7263d"  # pushes the output up
 NEGATIVE = "#1b6ec2"  # pushes the output down
@@ -783,3 +785,74 @@ def text(exp: Explanation, tokens: Sequence, *, scale: float | None = None, widt
             ax.text(col, y, tok, family="monospace", fontsize=10, va="center",
                     bbox={"boxstyle": "round,pad=0.15", "facecolor": _token_colour(v, scale), "edgecolor": "none"})
     return fig
+
+
+    return fig
+
+
+# -------------------------------------------------------------- metrics
+
+def curves(curves: Any, *, level: float = 0.95, ax=None, title: str | None = None):
+    """Deletion or insertion curves (:mod:`gradshap.metrics`): the mean over rows, with the band
+    ``mean -+ z * stderr`` at ``level`` where there are several rows.
+
+    Parameters
+    ----------
+    curves : Curve, or a mapping label -> Curve (several methods on one axes)
+    level : float
+        Coverage of the band (0.95: the 95% normal interval of the mean curve).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    items = dict(curves) if isinstance(curves, dict) else {None: curves}
+    ax = _new_axes(ax, (6.0, 4.0))
+    for k, (label, c) in enumerate(items.items()):
+        color = _GROUP_COLORS[k % len(_GROUP_COLORS)]
+        text = f"AUC {c.auc.mean:.3g} ± {z_value(level) * c.auc.stderr:.2g}"
+        ax.plot(c.fractions, c.mean, color=color, lw=1.8, label=text if label is None else f"{label}: {text}")
+        if c.outputs.shape[0] > 1:
+            low, high = c.band(level)
+            ax.fill_between(c.fractions, low, high, color=color, alpha=0.25, linewidth=0)
+    kinds = {c.kind for c in items.values()}
+    kind = kinds.pop() if len(kinds) == 1 else "deletion / insertion"
+    ax.set_xlabel(f"fraction of features {'removed' if kind == 'deletion' else 'inserted'}")
+    ax.set_ylabel("model output (target)")
+    n = max(c.outputs.shape[0] for c in items.values())
+    ax.set_title(title or f"{kind} curve, mean of {n} rows ({_ci_text(level)} band)", loc="left", fontsize=11)
+    ax.legend(frameon=False, fontsize=8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return ax
+
+
+def comparison(result: Any, *, title: str | None = None):
+    """A :class:`gradshap.metrics.Comparison`: one panel per metric, each method's mean with its
+    interval at the comparison's level, and the time per row in the method's label.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    methods = result.methods
+    names = [s.name for s in result.scores[methods[0]]]
+    plt = _mpl()
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1.5, 0.45 * len(methods) + 1.6),
+                             layout="constrained", sharey=True, squeeze=False)
+    z = z_value(result.level)
+    y = np.arange(len(methods))
+    labels = [f"{m} ({result.seconds_per_row[m] * 1e3:.3g} ms/row)" for m in methods]
+    axes[0, 0].invert_yaxis()  # the first method on top (the axes share y)
+    for k, (ax, name) in enumerate(zip(axes[0], names)):
+        scores = [result.scores[m][k] for m in methods]
+        means = np.array([s.mean for s in scores])
+        halves = np.array([z * s.stderr for s in scores])
+        colors = [_GROUP_COLORS[j % len(_GROUP_COLORS)] for j in range(len(methods))]
+        for j in range(len(methods)):
+            ax.errorbar(means[j], y[j], xerr=halves[j], fmt="o", color=colors[j], elinewidth=2, capsize=3, ms=5)
+        ax.set_title(f"{name} ({scores[0].better})", loc="left", fontsize=10)
+        ax.set_yticks(y, labels)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    fig.suptitle(title or f"{len(methods)} methods on {result.n} rows, {_ci_text(result.level)}", fontsize=11)

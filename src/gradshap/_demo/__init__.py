@@ -61,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, name, _DEFAULTS[args.demo][name])
     if args.out is None:
         args.out = Path("gradshap-report") / args.demo
+    if not args.no_report:
+        try:  # before training: a bad --out is found in a second, not after the work
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            print(f"gradshap demo: cannot write the report to --out {str(args.out)!r}: {err.strerror or err}",
+                  file=sys.stderr)
+            return 2
     if not args.no_report and "matplotlib.pyplot" not in sys.modules:
         from gradshap.backends import require
 

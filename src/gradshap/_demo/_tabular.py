@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 
 import gradshap
-from gradshap._demo import _common, _models
+from gradshap._demo import _common, _metrics, _models
 from gradshap._demo._report import Report, confusion_figure, finish_axes
 from gradshap._groups import CONFUSION
 
@@ -101,9 +101,11 @@ def run(args) -> int:
 
     def report():
         _common.run_convergence(args, timer, summary, explainer, d["X_test"][:min(n, 40)], progress=progress)
+        comparison = _metrics.compare(args, timer, summary, explainer, d["X_test"][:min(n, 40)])
         with timer.stage("report"):
             background_logits = _models.predict(fw, model, d["X_train"][background_rows])[:, 0]
-            return _write_report(args, exp, grouped, labels, y_test, y_pred, logits, background_logits, summary)
+            return _write_report(args, exp, grouped, labels, y_test, y_pred, logits, background_logits, summary,
+                                 comparison)
 
     return _common.finish(args, timer, summary, report)
 
@@ -127,7 +129,8 @@ def _base_value_figure(background_logits, logits, labels, base):
     return fig
 
 
-def _write_report(args, exp, grouped, labels, y_test, y_pred, logits, background_logits, summary) -> Report:
+def _write_report(args, exp, grouped, labels, y_test, y_pred, logits, background_logits, summary,
+                  comparison) -> Report:
     from gradshap import plots
 
     n = len(exp)
@@ -190,6 +193,8 @@ def _write_report(args, exp, grouped, labels, y_test, y_pred, logits, background
         rep.figure(plots.waterfall(exp, row, max_display=10,
                                    title=f"{g}: test row {row}, f(x) = {exp.output[row]:+.3f}"),
                    f"waterfall_{g}", f"Waterfall of test row {row} ({g}: {GROUP_TEXT[g]}).")
+
+    _metrics.section(rep, comparison, args.n_samples)
 
     rep.heading("Base value and completeness", "checks")
     rep.figure(_base_value_figure(background_logits, logits[:n], labels, summary["base_value"]), "base_value",

@@ -55,6 +55,9 @@ class _Namespace:
     def broadcast_to(self, x, shape):
         return self._tf.broadcast_to(x, shape)
 
+    def where(self, condition, x1, x2):
+        return self._tf.where(condition, x1, x2)
+
     def concat(self, arrays, axis=0):
         return self._tf.concat(list(arrays), axis)
 
@@ -70,8 +73,11 @@ class _Namespace:
     def any(self, x, axis=None, keepdims=False):
         return self._tf.reduce_any(x, axis, keepdims=keepdims)
 
-    def where(self, condition, x1, x2):
-        return self._tf.where(condition, x1, x2)
+    def max(self, x, axis=None, keepdims=False):
+        return self._tf.reduce_max(x, axis, keepdims=keepdims)
+
+    def abs(self, x):
+        return self._tf.abs(x)
 
     def zeros_like(self, x):
         return self._tf.zeros_like(x)

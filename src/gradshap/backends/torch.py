@@ -69,8 +69,33 @@ class TorchAdapter(Adapter):
         return result
 
     def forward(self, points: tuple):
-        with self._torch.no_grad():
-            return self._checked(self._call, points)
+        # The engine's first model call is a forward pass: inputs are checked here, once.
+        torch = self._torch
+        if not all(isinstance(p, torch.Tensor) for p in points):
+            kinds = ", ".join(sorted({f"{type(p).__module__}.{type(p).__name__}" for p in points}))
+            msg = (f"`x` and `background` for a torch model must be torch tensors; got {kinds}. gradshap "
+                   "never converts silently: pass torch.from_numpy(a) (on the model's device)")
+            raise TypeError(msg)
+        try:
+            with torch.no_grad():
+                return self._checked(self._call, points)
+        except RuntimeError as err:
+            self._raise_dtype_mismatch(points, err)
+            raise
+
+    def _raise_dtype_mismatch(self, points: tuple, err: RuntimeError) -> None:
+        """A clearer error where the inputs' dtype is not the model's parameters' dtype."""
+        torch, model = self._torch, self.model
+        if not isinstance(model, torch.nn.Module):
+            return
+        dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+        given = {p.dtype for p in points}
+        if dtypes and not given <= dtypes:
+            names = lambda ds: ", ".join(sorted(str(d).replace("torch.", "") for d in ds))  # noqa: E731
+            msg = (f"`x` and `background` have dtype {names(given)} but the model's parameters are "
+                   f"{names(dtypes)}; gradshap never casts silently: convert the inputs with .to(dtype) "
+                   "or the model with model.to(dtype)")
+            raise TypeError(msg) from err
 
     def value_and_grad(self, points: tuple, cotangent):
         return self._checked(lambda p: self._value_and_grad(p, cotangent), points)
