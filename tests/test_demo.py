@@ -178,3 +178,39 @@ def test_the_command_line_entry_point(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "gradshap demo: tabular, framework torch" in done.stdout and "worst |delta| = " in done.stdout
     assert not (tmp_path / "gradshap-report").exists()
+
+
+def test_text_demo(tmp_path, capsys):
+    import_or_fail("torch")
+    out = tmp_path / "text"
+    assert main(["--demo", "text", "--n-explain", "40", "--out", str(out), *SMALL]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    exp = Explanation.load(out / "explanation.npz")
+    labels = np.asarray(summary["labels"])
+
+    from gradshap._demo._text import MAX_LEN, VOCAB, load
+
+    d = load(1)
+    values, ids = np.asarray(exp.values), np.asarray(exp.data)
+    assert values.shape == (40, MAX_LEN)
+    np.testing.assert_array_equal(ids, d["ids_test"][:40])
+    assert np.all(values[ids == 0] == 0.0)  # padding gets no attribution
+    np.testing.assert_array_equal(np.isin(labels, ["TP", "FN"]), d["y_test"][:40] == 1)
+    assert summary["counts"] == {g: int((labels == g).sum()) for g in ("TP", "TN", "FP", "FN")}
+    _check_explanation(exp, summary)
+    # the word table is the mean over each word's occurrences
+    for item in summary["words"]:
+        at = ids == VOCAB.index(item["word"])
+        assert item["count"] == int(at.sum()) and item["mean"] == pytest.approx(values[at].mean(), rel=1e-6)
+    assert f"test accuracy {summary['accuracy']:.3f}" in printed
+    assert f"worst |delta| = {summary['max_abs_delta']:.3g}" in printed
+    present = [g for g in ("TP", "TN", "FP", "FN") if summary["counts"][g]]
+    _check_report(out, {"confusion", "completeness"} | {f"tokens_{g}" for g in present})
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert page.count('<div class="gradshap-text"') == len(present)
+
+
+def test_text_demo_is_torch_only(capsys):
+    assert main(["--demo", "text", "--framework", "jax", "--no-report"]) == 2
+    assert "runs on PyTorch only" in capsys.readouterr().err

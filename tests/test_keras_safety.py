@@ -159,10 +159,10 @@ def test_model_and_global_rngs_restored_when_the_model_raises_midway(data, seede
     model = build()
     tripwire = model.get_layer("tripwire").tripwire
     before, rngs = model_state(model), global_rngs()
-    tripwire.fail_at = 4  # runs 1-2: the forward passes; 3: chunk 1; 4: chunk 2
+    tripwire.fail_at = 5  # runs 1-3: the forward passes (x, background, background again); 4: chunk 1; 5: chunk 2
     with pytest.raises(Exception, match="boom inside the model"):
         _explainer(model, data[1])(data[0], n_samples=4, seed=0)
-    assert tripwire.runs >= 4
+    assert tripwire.runs >= 5
     _check_untouched_then_normal(model, before, rngs, data, seeded_globals)
 
 
@@ -173,7 +173,7 @@ def test_model_and_global_rngs_restored_on_keyboard_interrupt_between_chunks(dat
     before, rngs = model_state(model), global_rngs()
     with pytest.raises(KeyboardInterrupt):
         explainer(data[0], n_samples=4, seed=0)
-    assert calls["n"] == 2 and model.get_layer("tripwire").tripwire.runs == 3  # two forward passes, one chunk
+    assert calls["n"] == 2 and model.get_layer("tripwire").tripwire.runs == 4  # three forward passes (one the determinism check), one chunk
     _check_untouched_then_normal(model, before, rngs, data, seeded_globals)
 
 
@@ -181,7 +181,7 @@ def test_a_complete_call_leaves_everything_as_found(data, seeded_globals):
     model = build()
     before, rngs = model_state(model), global_rngs()
     _explainer(model, data[1])(data[0], n_samples=4, seed=0)
-    assert model.get_layer("tripwire").tripwire.runs == 5  # the model really ran (and drew) at every chunk
+    assert model.get_layer("tripwire").tripwire.runs == 6  # the model really ran (and drew) at every chunk
     _check_untouched_then_normal(model, before, rngs, data, seeded_globals)
 
 

@@ -312,3 +312,53 @@ def test_importing_plots_imports_no_matplotlib():
     code = "import sys, gradshap, gradshap.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------- text
+
+
+def _token_explanation():
+    """Two rows of 5 positions; the second row's last two are padding (zero attribution)."""
+    values = np.array([[0.5, -1.0, 0.25, 0.0, 2.0], [-0.5, 1.0, 0.1, 0.0, 0.0]])
+    return Explanation(values=values, base_values=np.array([0.1, 0.2]), output=values.sum(1) + [0.1, 0.2],
+                       delta=np.zeros(2), stderr=np.zeros_like(values), data=np.arange(10).reshape(2, 5))
+
+
+TOKENS = [["the", "film", "was", "<b>", "great"], ["not", "bad", "!"]]
+
+
+def test_text_html_colours_each_shown_token_by_its_value():
+    import re
+
+    page = plots.text_html(_token_explanation(), TOKENS)
+    spans = re.findall(r'background: rgba\((\d+), (\d+), (\d+), ([\d.]+)\)[^>]*title="([^"]+)">([^<]*)</span>', page)
+    assert [s[5] for s in spans] == ["the", "film", "was", "&lt;b&gt;", "great", "not", "bad", "!"]
+    values = [0.5, -1.0, 0.25, 0.0, 2.0, -0.5, 1.0, 0.1]
+    for (r, g, b, alpha, title, _), v in zip(spans, values):
+        assert float(title) == v
+        assert float(alpha) == pytest.approx(abs(v) / 2.0, abs=1e-3)  # the largest |value| shown is 2
+        assert (int(r), int(g), int(b)) == ((215, 38, 61) if v >= 0 else (27, 110, 194))
+    assert "row 1: f(x) = 0.8, base = 0.2" in page
+    assert "row 0" not in plots.text_html(_token_explanation(), TOKENS, captions=False)
+    assert "review 7: f(x) = 1.85" in plots.text_html(_token_explanation(), TOKENS, names=["review 7", "review 9"])
+
+
+def test_text_figure_draws_the_same_tokens(tmp_path):
+    fig = plots.text(_token_explanation(), TOKENS, scale=1.0, width=12, title="review")
+    boxes = [(t.get_text(), t.get_bbox_patch().get_facecolor()) for t in fig.axes[0].texts if t.get_bbox_patch()]
+    assert [b[0] for b in boxes] == ["the", "film", "was", "<b>", "great", "not", "bad", "!"]
+    for (_, rgba), v in zip(boxes, [0.5, -1.0, 0.25, 0.0, 2.0, -0.5, 1.0, 0.1]):
+        assert rgba[3] == pytest.approx(min(1.0, abs(v)))  # scale=1: full colour from |value| 1 on
+        assert _reddish(rgba) == (v > 0) if v != 0 else True
+    _assert_not_blank(_png(fig, tmp_path, "text"))
+
+
+def test_text_views_reject_what_they_cannot_show():
+    exp = _token_explanation()
+    with pytest.raises(ValueError, match="one sequence of tokens per row"):
+        plots.text_html(exp, TOKENS[:1])
+    with pytest.raises(ValueError, match=r"`tokens\[1\]` has 6 tokens"):
+        plots.text(exp, [TOKENS[0], ["a"] * 6])
+    with pytest.raises(ValueError, match=r"values of shape \(rows, tokens\)"):
+        plots.text_html(gradshap.Explanation(values=np.zeros((2, 3, 4)), base_values=np.zeros(2), output=np.zeros(2),
+                                             delta=np.zeros(2), stderr=np.zeros((2, 3, 4))), TOKENS)

@@ -235,10 +235,10 @@ def test_tensorflow_module_and_global_rngs_restored_when_the_model_raises(tf_see
     tf = tf_seeded
     net, (x, bg) = _tf_module(tf), _tf_data(tf)
     before, rngs = _tf_state(net), global_rngs()
-    net.tripwire.fail_at = 4  # runs 1-2: forward passes on x and background; 3: chunk 1; 4: chunk 2
+    net.tripwire.fail_at = 5  # runs 1-3: forward passes on x, background, background again; 4: chunk 1; 5: chunk 2
     with pytest.raises(Exception, match="boom inside the model"):
         gradshap.GradientExplainer(net, bg, batch_size=8)(x, n_samples=4, seed=0)
-    assert net.tripwire.runs == 4
+    assert net.tripwire.runs == 5
     _check_tf_untouched_then_normal(tf, net, before, rngs, x, bg)
 
 
@@ -250,7 +250,7 @@ def test_tensorflow_module_and_global_rngs_restored_on_keyboard_interrupt(tf_see
     before, rngs = _tf_state(net), global_rngs()
     with pytest.raises(KeyboardInterrupt):
         explainer(x, n_samples=4, seed=0)
-    assert calls["n"] == 2 and net.tripwire.runs == 3
+    assert calls["n"] == 2 and net.tripwire.runs == 4  # three forward passes, one chunk
     _check_tf_untouched_then_normal(tf, net, before, rngs, x, bg)
 
 
@@ -259,7 +259,7 @@ def test_tensorflow_complete_call_leaves_the_global_rngs_as_found(tf_seeded):
     net, (x, bg) = _tf_module(tf), _tf_data(tf)
     before, rngs = _tf_state(net), global_rngs()
     gradshap.GradientExplainer(net, bg, batch_size=8)(x, n_samples=4, seed=0)
-    assert net.tripwire.runs == 5  # the model drew from every generator at every run
+    assert net.tripwire.runs == 6  # the model drew from every generator at every run
     _check_tf_untouched_then_normal(tf, net, before, rngs, x, bg)
 
 

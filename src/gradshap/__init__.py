@@ -13,6 +13,7 @@ from gradshap._groups import GroupedExplanation as GroupedExplanation
 from gradshap._groups import confusion_labels as confusion_labels
 from gradshap._integrated import IntegratedGradients as IntegratedGradients
 from gradshap._sampling import SAMPLERS as SAMPLERS
+from gradshap._text import token_attributions as token_attributions
 from gradshap.explanation import Explanation as Explanation
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "expected_gradients",
     "plots",
     "reference",
+    "token_attributions",
 ]
 
 #: Submodules loaded on first attribute access, so that ``import gradshap`` stays light.

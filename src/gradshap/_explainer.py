@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from gradshap import _engine, _validation, backends
+from gradshap import _engine, _layers, _validation, backends
 from gradshap.backends import Adapter
 from gradshap.explanation import Explanation
 
@@ -31,6 +31,16 @@ class GradientExplainer:
         is chosen from the input size.
     feature_names : sequence of str, optional
         Carried into every Explanation.
+    layer : optional
+        Explain the output of a hidden layer instead of the inputs: the values are
+        Expected Gradients of the rest of the model (the head) at the layer's activations
+        of ``x``, against the activations of the background, and have the layer output's
+        shape; ``Explanation.data`` holds the activations of ``x``. A torch submodule or
+        its name in ``model.named_modules()`` (``(module, i)`` for element ``i`` of a
+        tuple output), a Keras layer or its name (functional and Sequential models), or
+        for any framework a pair ``(body, head)`` with ``model(x) == head(body(x))``.
+        ``x`` and ``background`` are then the model's inputs (token ids included). See
+        ``docs/layers.md``.
     """
 
     def __init__(
@@ -41,16 +51,20 @@ class GradientExplainer:
         framework: str | None = None,
         batch_size: int | None = None,
         feature_names: Sequence[str] | None = None,
+        layer: Any = None,
     ):
         self.background = background
         self._background = _validation.as_inputs(background, "background")
         self._xp = _validation.namespace_of(self._background, "background")
-        self.adapter = backends.make(model, framework, self._background)
+        self.layer = layer
+        self._split, self.adapter = _layers.layer_of(
+            model, layer, framework, self._background, lambda: backends.make(model, framework, self._background))
         self._compose = _engine.composer(self.adapter)  # a callable target's adapter, kept here
         self.framework = self.adapter.name
         self.model = model
         self.batch_size = None if batch_size is None else _validation.check_positive_int(batch_size, "batch_size")
-        self.feature_names = _validation.check_feature_names(feature_names, self._background)
+        # With a layer, names are the layer's units: their count is known at the call only.
+        self.feature_names = _validation.check_feature_names(feature_names, () if layer is not None else self._background)
 
     def __call__(
         self,
@@ -113,14 +127,18 @@ class GradientExplainer:
         """
         xs = _validation.as_inputs(x, "x")
         xp = _validation.namespace_of(xs + self._background, "x")
+        background = self._background
+        if self._split is not None:
+            xs, background = _layers.explain_inputs(self._split, xp, xs, background, self.batch_size)
         result = _engine.run(
-            self.adapter, xs, self._background, target=target, n_samples=n_samples,
+            self.adapter, xs, background, target=target, n_samples=n_samples,
             sampler=sampler, stdevs=stdevs, seed=seed, batch_size=self.batch_size,
             progress=progress, xp=xp, rtol=rtol, max_samples=max_samples, compose=self._compose,
             row_ids=row_ids,
         )
         return Explanation.from_result(
-            result, data=x, many_inputs=isinstance(x, (tuple, list)), feature_names=self.feature_names
+            result, data=_layers.data_of(self._split, x, xs[0]),
+            many_inputs=self._split is None and isinstance(x, (tuple, list)), feature_names=self.feature_names
         )
 
     def __repr__(self) -> str:

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import array_api_compat as aac
 
-from gradshap import _engine, _quadrature, _sampling, _validation, backends
+from gradshap import _engine, _layers, _quadrature, _sampling, _validation, backends
 from gradshap.explanation import Explanation
 
 __all__ = ["IntegratedGradients"]
@@ -32,6 +32,11 @@ class IntegratedGradients:
         Most points sent through the model at once.
     feature_names : sequence of str, optional
         Carried into every Explanation.
+    layer : optional
+        Attribute to a hidden layer's output, as for :class:`gradshap.GradientExplainer`:
+        the path runs in the layer's activations, from the baseline's activations to
+        those of ``x`` (``baseline`` is given at the model's inputs, e.g. pad token ids),
+        and completeness holds there. See ``docs/layers.md``.
 
     Examples
     --------
@@ -53,8 +58,10 @@ class IntegratedGradients:
         framework: str | None = None,
         batch_size: int | None = None,
         feature_names: Sequence[str] | None = None,
+        layer: Any = None,
     ):
         self.model = model
+        self.layer, self._split = layer, None
         self.baseline = baseline
         self._framework = framework
         self.batch_size = None if batch_size is None else _validation.check_positive_int(batch_size, "batch_size")
@@ -64,9 +71,11 @@ class IntegratedGradients:
         if baseline is not None:
             arrays = _validation.as_inputs(baseline, "baseline")
             _validation.namespace_of(arrays, "baseline")
-            self._made(backends.make(model, framework, arrays))
+            self._made(arrays)
 
-    def _made(self, adapter) -> None:
+    def _made(self, arrays: tuple) -> None:
+        self._split, adapter = _layers.layer_of(
+            self.model, self.layer, self._framework, arrays, lambda: backends.make(self.model, self._framework, arrays))
         self.adapter = adapter
         self._compose = _engine.composer(adapter)  # a callable target's adapter, kept here
 
@@ -148,15 +157,18 @@ class IntegratedGradients:
         xp = _validation.namespace_of(xs, "x")
         baselines, per_row = self._baselines(xp, xs)
         if self.adapter is None:  # no baseline given: the framework is known from the first x
-            self._made(backends.make(self.model, self._framework, xs))
+            self._made(xs)
         adapter = self.adapter
         design = _sampling.rule_design(method, n_steps, paired=per_row)
+        if self._split is not None:
+            xs, baselines = _layers.explain_inputs(self._split, xp, xs, baselines, self.batch_size)
         result = _engine.run(
             adapter, xs, baselines, target=target, n_samples=n_steps, sampler=design,
             batch_size=self.batch_size, progress=progress, xp=xp, seed=0, compose=self._compose, row_ids=row_ids,
         )
         return Explanation.from_result(
-            result, data=x, many_inputs=isinstance(x, (tuple, list)),
+            result, data=_layers.data_of(self._split, x, xs[0]),
+            many_inputs=self._split is None and isinstance(x, (tuple, list)),
             feature_names=_validation.check_feature_names(self.feature_names, xs),
         )
 

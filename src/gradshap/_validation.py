@@ -74,7 +74,7 @@ def check_arrays(xp, x: tuple, background: tuple, *, finite: bool = True) -> Non
                 msg = (
                     f"{nm} has dtype {arr.dtype}; expected a real floating dtype. Gradients need "
                     "continuous inputs: for token ids or categories, explain the embedding output "
-                    "instead (pass the embedded inputs and the rest of the model)"
+                    "instead (layer=<the embedding layer>, see docs/layers.md)"
                 )
                 raise TypeError(msg)
         if xi.dtype != bi.dtype:

@@ -16,12 +16,15 @@ Colours follow one convention: red pushes the model output up, blue pushes it do
 - :func:`image` -- heatmaps over images (channel-first or channel-last), per row, averaged
   over rows, or one per group.
 - :func:`completeness` -- ``sum(values)`` against ``output - base_values``, and ``delta``.
+- :func:`text` and :func:`text_html` -- tokens coloured by their attribution (from
+  :func:`gradshap.token_attributions`), as a figure or as HTML for a report.
 - :func:`curves` -- deletion / insertion curves of :mod:`gradshap.metrics`, with a band over rows.
 - :func:`comparison` -- scores of several methods (:func:`gradshap.metrics.compare`) with intervals.
 """
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any, Sequence
 
@@ -31,7 +34,7 @@ from gradshap._groups import Group, GroupedExplanation, z_value
 from gradshap.explanation import Explanation
 from gradshap.backends import require
 
-__all__ = ["bar", "beeswarm", "comparison", "completeness", "curves", "image", "importance", "waterfall"]
+__all__ = ["bar", "beeswarm", "comparison", "completeness", "curves", "image", "importance", "text", "text_html", "waterfall"]
 
 POSITIVE = "#d7263d"  # pushes the output up
 NEGATIVE = "#1b6ec2"  # pushes the output down
@@ -655,6 +658,138 @@ def completeness(exp: Explanation, *, title: str | None = None):
     return fig
 
 
+# -------------------------------------------------------------------- text
+
+def _token_rows(exp: Explanation, tokens: Sequence, scale: float | None, what: str = "exp"):
+    """``[(row, [(token, value), ...]), ...]``, the rows' explanation in NumPy, and the colour
+    scale (the largest ``|value|`` shown, unless given)."""
+    exp = _one_target(exp, what)
+    values = np.asarray(exp.values, dtype=np.float64)
+    if values.ndim != 2:
+        msg = (f"`{what}` must hold one attribution per token, values of shape (rows, tokens) as "
+               f"gradshap.token_attributions returns; got values of shape {values.shape}")
+        raise ValueError(msg)
+    n, length = values.shape
+    if n == 1 and len(tokens) and isinstance(tokens[0], str):
+        tokens = [tokens]
+    if len(tokens) != n:
+        msg = f"`tokens` must hold one sequence of tokens per row ({n}); got {len(tokens)}"
+        raise ValueError(msg)
+    rows = []
+    for r, row in enumerate(tokens):
+        if len(row) > length:
+            msg = f"`tokens[{r}]` has {len(row)} tokens; the explanation has {length} positions"
+            raise ValueError(msg)
+        # Positions past the row's tokens, and None entries, are padding: not shown.
+        rows.append((r, [(str(t), float(values[r, i])) for i, t in enumerate(row) if t is not None]))
+    if scale is None:
+        shown = [abs(v) for _, pairs in rows for _, v in pairs]
+        scale = max(shown, default=0.0)
+    return rows, exp, (scale if scale > 0 else 1.0)
+
+
+_CHAR_INCHES = 0.085  # the advance of a 10 pt DejaVu Sans Mono character (6.0 pt)
+
+
+def _token_colour(value: float, scale: float) -> tuple:
+    """RGBA: red for positive, blue for negative, opacity ``|value| / scale`` (at most 1)."""
+    rgb = POSITIVE if value >= 0 else NEGATIVE
+    alpha = min(1.0, abs(value) / scale)
+    return tuple(int(rgb[i : i + 2], 16) / 255 for i in (1, 3, 5)) + (alpha,)
+
+
+def _row_caption(exp: Explanation, r: int, names: Sequence | None) -> str:
+    out, base, delta = (float(np.asarray(getattr(exp, k), dtype=np.float64).reshape(-1)[r])
+                        for k in ("output", "base_values", "delta"))
+    return f"{f'row {r}' if names is None else names[r]}: f(x) = {out:.4g}, base = {base:.4g}, δ = {delta:.2g}"
+
+
+def text_html(exp: Explanation, tokens: Sequence, *, scale: float | None = None, captions: bool = True,
+              names: Sequence[str] | None = None) -> str:
+    """Tokens coloured by attribution, as an HTML fragment (one paragraph per row).
+
+    Parameters
+    ----------
+    exp : Explanation
+        Per-token attributions ``(rows, tokens)``, e.g. from :func:`gradshap.token_attributions`.
+    tokens : sequence of sequences of str
+        Each row's tokens, aligned with the positions of ``values``; a row may be shorter
+        than the explanation (padding past it is not shown), and ``None`` entries are
+        skipped. For one row, a plain sequence of str.
+    scale : float, optional
+        The ``|attribution|`` drawn at full colour (default: the largest one shown).
+    captions : bool
+        Start each row with its ``f(x)``, base value and residual.
+    names : sequence of str, optional
+        What each row's caption calls it (default ``row i``).
+
+    Returns
+    -------
+    str
+        The HTML; each token's exact value is in its ``title`` (shown on hover). Red pushes
+        the output up, blue down, and the opacity grows with ``|attribution|``.
+    """
+    rows, e, scale = _token_rows(exp, tokens, scale)
+    parts = ['<div class="gradshap-text" style="font-family: monospace; line-height: 1.9">']
+    for r, pairs in rows:
+        parts.append("<p>")
+        if captions:
+            parts.append(f'<span style="color: {NEUTRAL}">{html.escape(_row_caption(e, r, names))}</span><br>')
+        for tok, v in pairs:
+            red, green, blue, alpha = _token_colour(v, scale)
+            colour = f"rgba({round(red * 255)}, {round(green * 255)}, {round(blue * 255)}, {alpha:.3f})"
+            parts.append(f'<span style="background: {colour}; padding: 1px 2px; border-radius: 3px" '
+                         f'title="{v:.4g}">{html.escape(tok)}</span> ')
+        parts.append("</p>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def text(exp: Explanation, tokens: Sequence, *, scale: float | None = None, width: int = 80,
+         captions: bool = True, names: Sequence[str] | None = None, title: str | None = None):
+    """Tokens coloured by attribution, as a matplotlib figure (the same view as :func:`text_html`).
+
+    Tokens are set in a monospaced font, each on a box coloured like :func:`text_html`'s,
+    wrapped at ``width`` characters; rows are separated by their captions.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    rows, e, scale = _token_rows(exp, tokens, scale)
+    lines = []  # per line: (caption or None, [(column, token, value), ...])
+    for r, pairs in rows:
+        if captions:
+            lines.append((_row_caption(e, r, names), []))
+        line, col = [], 0
+        for tok, v in pairs:
+            if col and col + len(tok) > width:
+                lines.append((None, line))
+                line, col = [], 0
+            line.append((col, tok, v))
+            col += len(tok) + 1
+        lines.append((None, line))
+    plt = _mpl()
+    inches = max(4.0, _CHAR_INCHES * (width + 2))
+    fig = plt.figure(figsize=(inches, 0.32 * len(lines) + 0.6 + (0.3 if title else 0.0)))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_axis_off()
+    ax.set_xlim(-1, inches / _CHAR_INCHES - 1)  # one x unit: one character of the 10 pt monospaced font
+    ax.set_ylim(len(lines), -1.0 - (0.8 if title else 0.0))
+    if title:
+        ax.text(0, -1.0, title, fontsize=11, va="center")
+    for y, (caption, line) in enumerate(lines):
+        if caption is not None:
+            ax.text(0, y, caption, fontsize=8, color=NEUTRAL, va="center")
+        for col, tok, v in line:
+            ax.text(col, y, tok, family="monospace", fontsize=10, va="center",
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": _token_colour(v, scale), "edgecolor": "none"})
+    return fig
+
+
+    return fig
+
+
 # -------------------------------------------------------------- metrics
 
 def curves(curves: Any, *, level: float = 0.95, ax=None, title: str | None = None):
@@ -721,4 +856,3 @@ def comparison(result: Any, *, title: str | None = None):
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
     fig.suptitle(title or f"{len(methods)} methods on {result.n} rows, {_ci_text(result.level)}", fontsize=11)
-    return fig

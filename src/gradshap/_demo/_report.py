@@ -43,6 +43,10 @@ class Report:
     def text(self, text: str, *, raw: bool = False) -> None:
         self.parts.append(f"<p>{text if raw else html.escape(text)}</p>")
 
+    def html(self, fragment: str) -> None:
+        """A fragment of HTML as it is (e.g. :func:`gradshap.plots.text_html`)."""
+        self.parts.append(fragment)
+
     def code(self, text: str) -> None:
         self.parts.append(f"<pre><code>{html.escape(text)}</code></pre>")
 

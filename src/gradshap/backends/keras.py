@@ -141,8 +141,8 @@ def _check_continuous_inputs(keras, model) -> None:
         what = f"inputs of dtype {', '.join(integer)}" if integer else f"an Embedding first layer ({first.name!r})"
         msg = (
             f"`model` takes integer token ids or categories ({what}); gradients with respect to "
-            "them do not exist. Explain the embedding output instead: split the model after its "
-            "Embedding layer, and pass the embedded `background` and `x` with the rest of the model"
+            "them do not exist. Explain the embedding output instead: pass layer=<the Embedding "
+            "layer or its name> to the explainer (docs/layers.md)"
         )
         raise TypeError(msg)
 
@@ -153,6 +153,13 @@ def make(model: Any) -> Adapter:
         msg = f"`model` must be a keras.Model or keras.Layer; got {type(model).__name__}"
         raise TypeError(msg)
     _check_continuous_inputs(keras, model)
+    return wrap(model)
+
+
+def wrap(model: Any) -> Adapter:
+    """The adapter of a ``keras.Layer`` on this backend, without :func:`make`'s check of its
+    inputs (a layer split's body takes token ids and is only ever run forward)."""
+    keras = require("keras")
     backend = keras.backend.backend()
     if backend == "jax":
         return KerasAdapter(JaxAdapter(model, functional=_stateless(model)))
