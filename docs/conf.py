@@ -48,10 +48,7 @@ extensions = [
 # .rst first: autosummary writes its generated pages with the first suffix, in reST.
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "jupyter_execute", ".jupyter_cache", "README.md", "**/.ipynb_checkpoints"]
-#: Pages that later work adds to docs/ (whole datasets, layers and text, metrics): the
-#: line ``%LATER_PAGES%`` of index.md's toctree becomes those of them that exist, so the
-#: site builds with -W before and after they land (see _later_pages).
-LATER_PAGES = ("datasets", "layers", "metrics")
+
 
 # --------------------------------------------------------------------------- MyST, MyST-NB
 myst_enable_extensions = ["colon_fence", "dollarmath", "deflist"]
@@ -107,14 +104,3 @@ html_theme = "furo"
 html_title = f"gradshap {release}"
 html_static_path: list[str] = []
 html_show_sourcelink = False
-
-
-def _later_pages(app, docname, source):
-    """Fill index.md's ``%LATER_PAGES%`` with the pages of LATER_PAGES that exist."""
-    if docname == "index":
-        present = [name for name in LATER_PAGES if (HERE / f"{name}.md").is_file()]
-        source[0] = source[0].replace("%LATER_PAGES%", "\n".join(present))
-
-
-def setup(app):
-    app.connect("source-read", _later_pages)
