@@ -856,3 +856,4 @@ def comparison(result: Any, *, title: str | None = None):
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
     fig.suptitle(title or f"{len(methods)} methods on {result.n} rows, {_ci_text(result.level)}", fontsize=11)
+    return fig
