@@ -104,8 +104,23 @@ def test_rows_match_the_layer_explainer_on_each_mask_group(model, batch, rng):
     rows = [1, 2]  # the two rows of length 4
     padded_bg = torch.where(mask[1][None] == 1, bg, PAD)
     layer = gradshap.GradientExplainer(model, (padded_bg, mask[rows[:1]].expand(3, -1)), layer="emb")
-    want = layer((ids[rows], mask[rows]), target=1, n_samples=30, seed=gradshap._sampling.seed_key(5))
+    want = layer((ids[rows], mask[rows]), target=1, n_samples=30, seed=5, row_ids=rows)
     np.testing.assert_allclose(exp.values.numpy()[rows], want.values.sum(dim=2).numpy(), rtol=1e-12, atol=1e-14)
+    assert exp.seed == 5 and np.array_equal(exp.row_ids, np.arange(ids.shape[0]))
+
+
+def test_rows_explained_in_pieces_give_one_calls_numbers(model, batch, rng):
+    """Draws are keyed by (seed, row id), not by a row's place in its mask group or call."""
+    ids, mask = batch
+    bg = torch.from_numpy(rng.integers(1, VOCAB, size=(3, LENGTH)))
+    kw = dict(layer="emb", background=bg, target=1, n_samples=30, seed=7)
+    whole = gradshap.token_attributions(model, ids, attention_mask=mask, **kw)
+    order = rng.permutation(ids.shape[0])
+    pieces = [gradshap.token_attributions(model, ids[part], attention_mask=mask[part], row_ids=part, **kw)
+              for part in np.array_split(order, 3)]
+    joined = gradshap.Explanation.concat(pieces)
+    np.testing.assert_allclose(joined.values.numpy(), whole.values.numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(joined.base_values.numpy(), whole.base_values.numpy(), rtol=1e-12)
 
 
 def test_bad_arguments(model, batch):
@@ -175,7 +190,7 @@ def test_same_length_background(model, batch, rng):
         rows, of = np.flatnonzero(mask.sum(1).numpy() == length), np.flatnonzero(lengths == length)
         alone = gradshap.token_attributions(model, ids[rows], layer="emb", attention_mask=mask[rows],
                                             background=bg[of], background_mask=bg_mask[of], target=1,
-                                            n_samples=30, seed=2)
+                                            n_samples=30, seed=2, row_ids=rows)
         np.testing.assert_array_equal(exp.values.numpy()[rows], alone.values.numpy())
         np.testing.assert_array_equal(exp.base_values.numpy()[rows], alone.base_values.numpy())
     with pytest.raises(ValueError, match=r"no background sentence has the mask of row\(s\) 3 \(3 tokens\)"):

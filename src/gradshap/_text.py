@@ -42,6 +42,7 @@ def token_attributions(
     method: str = "gausslegendre",
     seed: Any = None,
     batch_size: int | None = None,
+    row_ids: Any = None,
 ) -> Explanation:
     """Per-token attributions ``(rows, tokens)`` of a torch text model.
 
@@ -75,8 +76,9 @@ def token_attributions(
         that no real token is compared with padding. A row with none is an error.
     baseline : int or torch.Tensor, optional
         Integrated Gradients' baseline ids, see above.
-    target, n_samples, sampler, seed, batch_size
-        As for :class:`gradshap.GradientExplainer`.
+    target, n_samples, sampler, seed, batch_size, row_ids
+        As for :class:`gradshap.GradientExplainer`: draws are keyed by (seed, row id), so
+        rows explained in pieces give one call's numbers.
     n_steps, method
         As for :class:`gradshap.IntegratedGradients`.
 
@@ -87,8 +89,8 @@ def token_attributions(
         targets), ``data`` the ``input_ids``. ``base_values`` is the mean output over the
         baselines run with each row's mask; ``delta`` the completeness residual. A token's
         ``stderr`` is the sum of its embedding entries' standard errors, an upper bound
-        (their covariances are not estimated). Rows are explained one group of equal masks
-        at a time, so a row's draws depend on its place in its group.
+        (their covariances are not estimated). ``seed`` and ``row_ids`` record the draws'
+        keys.
     """
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(model, torch.nn.Module):
@@ -113,14 +115,16 @@ def token_attributions(
         bg, bg_mask = _baseline_ids(torch, baseline, ids), None
     xp = _validation.namespace_of((ids,), "input_ids")
     if baseline is None:  # one seed for every group, also when none is given
-        seed = _sampling.seed_key(seed)
+        seed = _sampling.resolve_seed(seed)
+    row_ids = _validation.check_row_ids(row_ids, n)
     parts = []
     for rows in _groups(ids, mask):
         parts.append((rows, _explain_group(
             xp, model, layer, ids, mask, rows, *_matching(xp, bg, bg_mask, mask, rows, same_length),
             integrated=baseline is not None, target=target,
-            n_samples=n_samples, sampler=sampler, n_steps=n_steps, method=method, seed=seed, batch_size=batch_size)))
-    return _joined(xp, parts, n, input_ids)
+            n_samples=n_samples, sampler=sampler, n_steps=n_steps, method=method, seed=seed, batch_size=batch_size,
+            row_ids=row_ids[rows])))
+    return _joined(xp, parts, n, input_ids, row_ids)
 
 
 def _ids(torch, a: Any, name: str, shape: tuple | None = None):
@@ -177,7 +181,7 @@ def _matching(xp, bg, bg_mask, mask, rows, same_length: bool) -> tuple:
 
 
 def _explain_group(xp, model, layer, ids, mask, rows, bg, bg_mask, *, integrated: bool, target, n_samples,
-                   sampler, n_steps, method, seed, batch_size):
+                   sampler, n_steps, method, seed, batch_size, row_ids):
     """One engine call for the rows ``rows`` (which share their mask): ``Result`` at the layer."""
     device = ids.device
     at = xp.asarray(rows, device=device)
@@ -203,12 +207,12 @@ def _explain_group(xp, model, layer, ids, mask, rows, bg, bg_mask, *, integrated
     if integrated:
         design = _sampling.rule_design(method, n_steps, paired=hb.shape[0] > 1)
         return _engine.run(split.head, (hx,), (hb,), target=target, n_samples=n_steps, sampler=design, seed=0,
-                           batch_size=batch_size, xp=xp)
+                           batch_size=batch_size, xp=xp, row_ids=row_ids)
     return _engine.run(split.head, (hx,), (hb,), target=target, n_samples=n_samples, sampler=sampler, seed=seed,
-                       batch_size=batch_size, xp=xp)
+                       batch_size=batch_size, xp=xp, row_ids=row_ids)
 
 
-def _joined(xp, parts: list, n: int, input_ids) -> Explanation:
+def _joined(xp, parts: list, n: int, input_ids, row_ids: np.ndarray) -> Explanation:
     order = np.concatenate([rows for rows, _ in parts])
     back = np.empty(n, dtype=np.int64)
     back[order] = np.arange(n)
@@ -230,5 +234,5 @@ def _joined(xp, parts: list, n: int, input_ids) -> Explanation:
     return Explanation(
         values=values, base_values=joined([r.base_values for r in results]), output=joined([r.output for r in results]),
         delta=joined([r.delta for r in results]), stderr=stderr, data=input_ids, target=target,
-        sampler=results[0].sampler, n_samples=used,
+        sampler=results[0].sampler, n_samples=used, seed=results[0].seed, row_ids=row_ids,
     )
