@@ -448,10 +448,11 @@ def _host(a) -> np.ndarray:
 # --------------------------------------------------------------------------- outputs and run
 
 
-def _outputs(adapter: Adapter, xp, inputs: tuple, batch: int, compiled: bool, what: str):
-    """The model's outputs at ``inputs`` (``what`` they are, for errors), in chunks of at most
-    ``batch`` rows; where the adapter compiles, a short chunk is padded with copies of its
-    rows to a power of two (few shapes)."""
+def _outputs(adapter: Adapter, xp, inputs: tuple, batch: int, compiled: bool):
+    """The model's outputs at ``inputs``, in chunks of at most ``batch`` rows; where the
+    adapter compiles, a short chunk is padded with copies of its rows to a power of two (few
+    shapes). An output that is not one array (a tuple, a dict) is returned as it is, for the
+    caller to use or to refuse (:func:`gradshap._targets.as_matrix` says what to do)."""
     n = inputs[0].shape[0]
     outs = []
     for r0 in range(0, n, batch):
@@ -463,7 +464,7 @@ def _outputs(adapter: Adapter, xp, inputs: tuple, batch: int, compiled: bool, wh
             part = tuple(xp.take(a, at, axis=0) for a in part)
         out = adapter.forward(part)
         if isinstance(out, (tuple, list, dict)) or not hasattr(out, "ndim"):
-            _targets.as_matrix(xp, out, m, what)  # says what to do
+            return out
         outs.append(out[:m, ...] if size != m else out)
     return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
 
@@ -524,9 +525,9 @@ def run(
         row_ids = _validation.check_row_ids(row_ids, n)
         what = "the output of the callable `target`" if composed else "the model's output"
         # No rows: an empty result (a partition of a dataset may be empty), the model not called at x.
-        out_x = _targets.as_matrix(xp, _outputs(adapter, xp, x, batch_size, compiled, what), n, what) if n else None
+        out_x = _targets.as_matrix(xp, _outputs(adapter, xp, x, batch_size, compiled), n, what) if n else None
         what = f"{what} on `background`"
-        out_b = _targets.as_matrix(xp, _outputs(adapter, xp, background, batch_size, compiled, what), nb, what)
+        out_b = _targets.as_matrix(xp, _outputs(adapter, xp, background, batch_size, compiled), nb, what)
         out_x = out_b[:0, ...] if out_x is None else out_x
         _check_deterministic(adapter, xp, background, out_b, batch_size, compiled)
         if composed and out_x.shape[1] != 1:
@@ -607,9 +608,9 @@ def _check_deterministic(adapter: Adapter, xp, background: tuple, out_b, batch: 
     new to compile); a model that differs is random (Dropout in training mode, say) and its
     attributions would be noise."""
     m = min(background[0].shape[0], batch)
-    again = _outputs(adapter, xp, tuple(a[:m, ...] for a in background), batch, compiled, "the model's output")
+    again = _targets.as_matrix(xp, _outputs(adapter, xp, tuple(a[:m, ...] for a in background), batch, compiled), m)
     first = out_b[:m, ...]
-    again = xp.reshape(xp.astype(again, first.dtype, copy=False), tuple(first.shape))
+    again = xp.astype(again, first.dtype, copy=False)
     if _validation.is_lazy(first):
         return
     # One read on the host: the largest difference beyond 1e-3 of the outputs' scale (NaN: no).

@@ -112,27 +112,12 @@ def _full(model: Any, framework: str, arrays: tuple) -> Adapter:
 
 
 def _forward(adapter: Adapter, xp, inputs: tuple, batch_size: int | None):
-    """``adapter.forward`` over the rows of ``inputs`` in chunks of ``batch_size``; where the
-    adapter compiles, a short chunk is padded with copies of its rows to a power of two."""
-    n = inputs[0].shape[0]
+    """The engine's chunked forward pass (:func:`gradshap._engine._outputs`), at the default
+    batch size where none is given."""
     if batch_size is None:
         batch_size = _tiling.default_batch_size(sum(math.prod(a.shape[1:]) for a in inputs),
                                                 device=_validation.device_of(xp, inputs[0]))
-    outs = []
-    for r0 in range(0, n, batch_size):
-        part = tuple(a[r0 : min(n, r0 + batch_size), ...] for a in inputs) if n > batch_size else inputs
-        m = part[0].shape[0]
-        size = min(batch_size, 1 << (m - 1).bit_length()) if adapter.compiles else m
-        if size != m:
-            at = xp.asarray(np.arange(size) % m, device=_validation.device_of(xp, part[0]))
-            part = tuple(xp.take(a, at, axis=0) for a in part)
-        out = adapter.forward(part)
-        if isinstance(out, (tuple, list, dict)):
-            return out  # the caller says what is wrong
-        outs.append(out[:m, ...] if size != m else out)
-    if len(outs) == 1:
-        return outs[0]
-    return _validation.namespace_of((outs[0],), "x").concat(outs, axis=0)
+    return _engine._outputs(adapter, xp, inputs, batch_size, adapter.compiles)
 
 
 def _leaves(out: Any) -> list:

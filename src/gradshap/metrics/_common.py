@@ -241,7 +241,7 @@ class Scorer:
 
     def _matrix(self, points: tuple):
         m = points[0].shape[0]
-        out = _engine._outputs(self.adapter, self.xp, points, self.batch_size, self.compiled, "the model's output")
+        out = _engine._outputs(self.adapter, self.xp, points, self.batch_size, self.compiled)
         return _targets.as_matrix(self.xp, out, m)
 
     def __call__(self, points: tuple, rows) -> Any:
@@ -249,7 +249,7 @@ class Scorer:
         (``rows`` an index array on the device). Call inside :meth:`session`."""
         out = self._matrix(points)
         cot = self.xp.take(self.cot, rows, axis=0)
-        return self.xp.sum(out * self.xp.astype(cot, out.dtype), axis=1)
+        return _engine._selected(self.xp, out, self.xp.astype(cot, out.dtype))
 
     def index(self, rows: np.ndarray):
         return self.xp.asarray(np.asarray(rows, dtype=np.int64), device=self.device)
