@@ -248,5 +248,5 @@ def test_arrays_of_another_framework_are_refused(linear):
     else:
         foreign, kind = import_or_fail("torch").from_numpy, "torch"
     explainer = gradshap.GradientExplainer(build("sequential", w, bias), foreign(bg))
-    with pytest.raises(TypeError, match=rf"on the {BACKEND} backend must be NumPy arrays or {BACKEND} tensors; got {kind}"):
+    with pytest.raises(TypeError, match=rf"keras model must be NumPy arrays or {BACKEND} tensors \(Keras runs on {BACKEND}\); got {kind}"):
         explainer(foreign(x), n_samples=4)

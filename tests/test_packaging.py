@@ -26,7 +26,6 @@ import textwrap
 import tomllib
 import venv
 import zipfile
-from pathlib import Path
 
 import pytest
 from readme import ROOT, python_blocks

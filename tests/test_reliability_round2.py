@@ -369,6 +369,23 @@ def test_a_torch_model_given_other_arrays_or_another_dtype_says_what_it_expected
         gradshap.GradientExplainer(model, torch.from_numpy(bg).float())(torch.from_numpy(x).float(), n_samples=4)
 
 
+@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
+def test_a_compiling_framework_given_numpy_arrays_says_what_it_expected(rng, framework):
+    """NumPy inputs with framework= a compiling framework are refused before the model runs."""
+    import_or_fail(framework)
+    calls = []
+
+    def f(a):
+        calls.append(1)
+        return (a * a).sum(1)
+
+    bg, x = rng.normal(size=(4, 3)), rng.normal(size=(2, 3))
+    expected = {"jax": "jax arrays", "tensorflow": "tf.Tensor"}[framework]
+    with pytest.raises(TypeError, match=rf"{framework} model must be {expected}; got numpy.ndarray"):
+        gradshap.GradientExplainer(f, bg, framework=framework)(x, n_samples=4)
+    assert calls == []
+
+
 def test_a_conv_models_own_error_propagates_and_runs_the_model_once():
     torch = import_or_fail("torch")
     calls = []

@@ -27,9 +27,7 @@ the input's dtype, or float32 for half-precision inputs.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -37,9 +35,9 @@ from typing import Any, Callable
 import numpy as np
 
 from gradshap import _sampling, _targets, _tiling, _validation
-from gradshap.backends import Adapter, require
+from gradshap.backends import Adapter, _state, require
 
-__all__ = ["Result", "composer", "run"]
+__all__ = ["Result", "run"]
 
 
 @dataclass
@@ -136,7 +134,7 @@ def _estimate(xp, _, mean, m2, nodes, c_m2, c_between, w_center, c_nodes, *, col
     m2``, plus with ``between`` the weighted spread of the column means about their
     ``w_center``-weighted mean, plus with ``nodes`` the ``c_nodes``-weighted spread of the
     mean over columns at each node about the estimate; the factors come from
-    :meth:`_Stats.finish`. ``infinite``: too few samples to tell (the variance is ``inf``).
+    :func:`_error_model`. ``infinite``: too few samples to tell (the variance is ``inf``).
     """
     def joined(parts, size):
         return [(xp.concat(list(arrays), axis=1) if len(arrays) > 1 else arrays[0])[:, :size, ...]
@@ -494,18 +492,18 @@ def run(
     ``n_samples`` samples, doubling, until its standard error is at most ``rtol`` times
     the norm of its values (and, without smoothing, so is its completeness residual),
     or until ``max_samples``; ``Result.n_samples`` then holds the samples used per row.
-    ``compose(fn)``: the adapter followed by a callable target (:func:`composer`).
+    ``compose(fn)``: the adapter followed by a callable target (:func:`gradshap.backends.composer`).
     ``row_ids``: one distinct non-negative id per row (default ``arange(n)``); every draw
     is keyed by (seed, row id), so any partition of a dataset gives one call's numbers.
     """
-    with _global_rng_guard(), adapter.session():  # entered first: validation reads the inputs too
+    with _state.explaining(adapter):  # entered first: validation reads the inputs too
         n_samples = _validation.check_positive_int(n_samples, "n_samples")
         stdevs = _validation.check_nonnegative_float(stdevs, "stdevs")
         progress = _validation.check_bool(progress, "progress")
         xp = _validation.namespace_of(x + background, "x") if xp is None else xp
         _validation.check_arrays(xp, x, background)
         device = _validation.device_of(xp, x[0])
-        native = adapter.xp is None or xp is adapter.xp
+        native = _validation.own_arrays(adapter, xp, x + background)
         compiled = adapter.compiles and native
         if batch_size is None:
             feature_size = sum(math.prod(a.shape[1:]) for a in x)
@@ -567,13 +565,13 @@ def run(
                             bar.reset()
                 shapes = tuple(tuple(a.shape[1:]) for a in x)
                 vals, errs, base, output, delta = finish(xp, vals, var, out_x, ref_b, cot, shapes=shapes)
-                _check_finite(xp, vals, output, base, delta, out_b, cot, paired=design.paired)
+                _validation.check_finite(xp, vals, output, base, delta, out_b, cot, paired=design.paired)
                 per_target.append((vals, errs, base, output, delta, used, met))
         finally:
             if bar is not None:
                 bar.close()
         if rtol is not None:
-            _warn_unconverged([t[6] for t in per_target], rtol, max_blocks * n_samples)
+            _validation.warn_unconverged([t[6] for t in per_target], rtol, max_blocks * n_samples)
         many, dtype = selection.many, x[0].dtype
         values, stderr = (tuple(xp.astype(_stack(xp, [t[i][pos] for t in per_target], many), dtype, copy=False)
                                 for pos in range(len(x))) for i in (0, 1))
@@ -584,104 +582,16 @@ def run(
         return Result(values, stderr, base, output, delta, selection.label, design.name, used, seed, row_ids)
 
 
-def composer(adapter: Adapter, kept: int = 8) -> Callable:
-    """``compose(fn)``: ``adapter.compose(fn)``, the same object for the same ``fn`` (the last
-    ``kept``), so that a compiling adapter compiles once for a target passed again. The
-    explainer that owns ``adapter`` keeps it."""
-    made: dict = {}
-
-    def compose(fn: Callable) -> Adapter:
-        try:
-            found = made.pop(fn, None)
-        except TypeError:  # an unhashable callable
-            return adapter.compose(fn)
-        made[fn] = found if found is not None else adapter.compose(fn)
-        while len(made) > kept:
-            made.pop(next(iter(made)))
-        return made[fn]
-
-    return compose
-
-
 def _check_deterministic(adapter: Adapter, xp, background: tuple, out_b, batch: int, compiled: bool) -> None:
     """The model's outputs on the first background rows again (the first chunk's shape: nothing
-    new to compile); a model that differs is random (Dropout in training mode, say) and its
-    attributions would be noise."""
+    new to compile) must be the first pass's: :func:`gradshap._validation.check_deterministic`."""
     m = min(background[0].shape[0], batch)
     again = _targets.as_matrix(xp, _outputs(adapter, xp, tuple(a[:m, ...] for a in background), batch, compiled), m)
-    first = out_b[:m, ...]
-    again = xp.astype(again, first.dtype, copy=False)
-    if _validation.is_lazy(first):
-        return
-    # One read on the host: the largest difference beyond 1e-3 of the outputs' scale (NaN: no).
-    excess = float(xp.max(xp.abs(again - first)) - 1e-3 * xp.max(xp.abs(first)))
-    if excess > 1e-30:
-        diff, scale = float(xp.max(xp.abs(again - first))), float(xp.max(xp.abs(first)))
-        msg = (
-            f"the model is not deterministic: two forward passes over the same `background` rows differ by up to "
-            f"{diff:.3g} (outputs up to {scale:.3g}). Expected Gradients needs one function at every point: is "
-            "Dropout or another random layer in training mode? gradshap sets eval mode for a torch.nn.Module or "
-            "Keras model passed as the model, but cannot see inside a plain function: call model.eval() before "
-            "wrapping it, or pass the module itself"
-        )
-        raise ValueError(msg)
-
-
-def _check_finite(xp, values: list, output, base, delta, out_b, cot, *, paired: bool) -> None:
-    """One reduction when all is well (``delta`` is finite only if the values, outputs and base
-    values are); else an error that names the rows: gradients, outputs at ``x``, or outputs
-    at background rows, for the outputs that ``cot`` selects."""
-    if _validation.all_finite(xp, delta):
-        return
-    shown = _validation.nonfinite_rows(xp, values)
-    if shown:
-        msg = (
-            f"the model produced NaN or inf gradients for the selected target at input row(s) {shown}; "
-            "check the model for operations that are not differentiable there (log of 0, sqrt at 0, ...)"
-        )
-        raise FloatingPointError(msg)
-    shown = _validation.nonfinite_rows(xp, [output])
-    if shown:
-        msg = (
-            f"the model's output for the selected target is NaN or inf at input row(s) {shown} of `x`; "
-            "attributions would not add up to it: check the model or the inputs at those rows"
-        )
-        raise FloatingPointError(msg)
-    selected = cot != 0 if paired else xp.any(cot != 0, axis=0, keepdims=True)
-    shown = _validation.nonfinite_rows(xp, [xp.where(selected, out_b, xp.zeros_like(out_b))])
-    if shown:
-        what = "the per-row baseline(s)" if paired else "`background` row(s)"
-        msg = (
-            f"the model's output for the selected target is NaN or inf at {what} {shown}; "
-            "base_values would be NaN: drop those rows or check the model there"
-        )
-        raise FloatingPointError(msg)
+    _validation.check_deterministic(xp, out_b[:m, ...], again)
 
 
 def _stack(xp, arrays: list, many: bool):
     return xp.stack(arrays, axis=-1) if many else arrays[0]
-
-
-def _warn_unconverged(met: list, rtol: float, limit: int) -> None:
-    bad = np.flatnonzero(~np.all(np.stack(met, axis=-1), axis=-1))
-    if bad.size:
-        shown = ", ".join(map(str, bad[:10])) + (" ..." if bad.size > 10 else "")
-        msg = (
-            f"{bad.size} row(s) did not reach rtol={rtol} within max_samples={limit} (rows {shown}); "
-            "their standard error is larger than asked. Raise `max_samples` or `rtol`"
-        )
-        warnings.warn(msg, RuntimeWarning, stacklevel=4)
-
-
-@contextlib.contextmanager
-def _global_rng_guard():
-    """Python's and NumPy's global RNG states as found, whatever the model does with them."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
 
 
 def _progress_bar(progress: bool, total: int | None):

@@ -59,7 +59,7 @@ class GradientExplainer:
         self.layer = layer
         self._split, self.adapter = _layers.layer_of(
             model, layer, framework, self._background, lambda: backends.make(model, framework, self._background))
-        self._compose = _engine.composer(self.adapter)  # a callable target's adapter, kept here
+        self._compose = backends.composer(self.adapter)  # a callable target's adapter, kept here
         self.framework = self.adapter.name
         self.model = model
         self.batch_size = None if batch_size is None else _validation.check_positive_int(batch_size, "batch_size")

@@ -77,7 +77,7 @@ class IntegratedGradients:
         self._split, adapter = _layers.layer_of(
             self.model, self.layer, self._framework, arrays, lambda: backends.make(self.model, self._framework, arrays))
         self.adapter = adapter
-        self._compose = _engine.composer(adapter)  # a callable target's adapter, kept here
+        self._compose = backends.composer(adapter)  # a callable target's adapter, kept here
 
     @property
     def framework(self) -> str | None:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gradshap import _engine, _tiling, _validation, backends
-from gradshap.backends import Adapter
+from gradshap.backends import Adapter, _state
 
 __all__ = ["Split", "data_of", "explain_inputs", "layer_of", "split"]
 
@@ -46,7 +46,7 @@ class Split:
 
     def activations(self, xp, inputs: tuple, batch_size: int | None, what: str):
         """``body(inputs)``, the layer's output for the rows of ``inputs`` (``what`` they are)."""
-        with _engine._global_rng_guard(), self.body.session():
+        with _state.explaining(self.body):
             out = _forward(self.body, xp, inputs, batch_size)
         _check_single(out, f"the output of `layer` ({self.name}) at {what}")
         return out
@@ -54,9 +54,9 @@ class Split:
     def check(self, xp, inputs: tuple, h, batch_size: int | None) -> None:
         """Raise unless ``head(h)`` is the model's output at ``inputs`` up to rounding: the
         model's output must depend on its inputs through the layer alone."""
-        with _engine._global_rng_guard(), self.full.session():
+        with _state.explaining(self.full):
             whole = _forward(self.full, xp, inputs, batch_size)
-        with _engine._global_rng_guard(), self.head.session():
+        with _state.explaining(self.head):
             cut = _forward(self.head, _validation.namespace_of((h,), "x"), (h,), batch_size)
         pairs = list(zip(_leaves(whole), _leaves(cut)))
         gap, diff = 0.0, 0.0

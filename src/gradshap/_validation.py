@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,8 @@ __all__ = [
     "all_finite",
     "check_adaptive",
     "check_arrays",
+    "check_deterministic",
+    "check_finite",
     "check_positive_int",
     "check_row_ids",
     "check_nonnegative_float",
@@ -24,9 +27,11 @@ __all__ = [
     "is_tf_tensor",
     "namespace_of",
     "nonfinite_rows",
+    "own_arrays",
     "shape_str",
     "to_numpy",
     "type_name",
+    "warn_unconverged",
 ]
 
 
@@ -105,6 +110,20 @@ def check_arrays(xp, x: tuple, background: tuple, *, finite: bool = True) -> Non
             if shown:
                 msg = f"{nm} contains NaN or inf in row(s) {shown}; expected finite values"
                 raise ValueError(msg)
+
+
+def own_arrays(adapter, xp, arrays: tuple) -> bool:
+    """Whether ``arrays`` (namespace ``xp``) are the model's own arrays; NumPy ones where the
+    adapter takes them (Keras), else a TypeError that names both frameworks."""
+    if adapter.xp is None or xp is adapter.xp:
+        return True
+    if adapter.takes_numpy and all(isinstance(a, np.ndarray) for a in arrays):
+        return False
+    kinds = ", ".join(sorted({type_name(a) for a in arrays}))
+    msg = (f"`x` and `background` for a {adapter.name} model must be {adapter.arrays}; got {kinds}. gradshap "
+           "never converts silently: convert them first (torch.from_numpy, jax.numpy.asarray, "
+           "tf.convert_to_tensor), on the model's device")
+    raise TypeError(msg)
 
 
 def all_finite(xp, a) -> bool:
@@ -236,3 +255,65 @@ def check_row_ids(row_ids: Any, n: int) -> np.ndarray:
         msg = f"`row_ids` must be distinct (each row's draws are keyed by its id); repeated: {repeated}"
         raise ValueError(msg)
     return ids
+
+
+def check_finite(xp, values: list, output, base, delta, out_b, cot, *, paired: bool) -> None:
+    """One reduction when all is well (``delta`` is finite only if the values, outputs and base
+    values are); else an error that names the rows: gradients, outputs at ``x``, or outputs
+    at background rows, for the outputs that ``cot`` selects."""
+    if all_finite(xp, delta):
+        return
+    shown = nonfinite_rows(xp, values)
+    if shown:
+        msg = (
+            f"the model produced NaN or inf gradients for the selected target at input row(s) {shown}; "
+            "check the model for operations that are not differentiable there (log of 0, sqrt at 0, ...)"
+        )
+        raise FloatingPointError(msg)
+    shown = nonfinite_rows(xp, [output])
+    if shown:
+        msg = (
+            f"the model's output for the selected target is NaN or inf at input row(s) {shown} of `x`; "
+            "attributions would not add up to it: check the model or the inputs at those rows"
+        )
+        raise FloatingPointError(msg)
+    selected = cot != 0 if paired else xp.any(cot != 0, axis=0, keepdims=True)
+    shown = nonfinite_rows(xp, [xp.where(selected, out_b, xp.zeros_like(out_b))])
+    if shown:
+        what = "the per-row baseline(s)" if paired else "`background` row(s)"
+        msg = (
+            f"the model's output for the selected target is NaN or inf at {what} {shown}; "
+            "base_values would be NaN: drop those rows or check the model there"
+        )
+        raise FloatingPointError(msg)
+
+
+def warn_unconverged(met: list, rtol: float, limit: int) -> None:
+    bad = np.flatnonzero(~np.all(np.stack(met, axis=-1), axis=-1))
+    if bad.size:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if bad.size > 10 else "")
+        msg = (
+            f"{bad.size} row(s) did not reach rtol={rtol} within max_samples={limit} (rows {shown}); "
+            "their standard error is larger than asked. Raise `max_samples` or `rtol`"
+        )
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+
+def check_deterministic(xp, first, again) -> None:
+    """Two forward passes over the same rows must agree (to 1e-3 of the outputs' scale); a model
+    that differs is random (Dropout in training mode, say) and its attributions would be noise."""
+    again = xp.astype(again, first.dtype, copy=False)
+    if is_lazy(first):
+        return
+    # One read on the host: the largest difference beyond 1e-3 of the outputs' scale (NaN: no).
+    excess = float(xp.max(xp.abs(again - first)) - 1e-3 * xp.max(xp.abs(first)))
+    if excess > 1e-30:
+        diff, scale = float(xp.max(xp.abs(again - first))), float(xp.max(xp.abs(first)))
+        msg = (
+            f"the model is not deterministic: two forward passes over the same `background` rows differ by up to "
+            f"{diff:.3g} (outputs up to {scale:.3g}). Expected Gradients needs one function at every point: is "
+            "Dropout or another random layer in training mode? gradshap sets eval mode for a torch.nn.Module or "
+            "Keras model passed as the model, but cannot see inside a plain function: call model.eval() before "
+            "wrapping it, or pass the module itself"
+        )
+        raise ValueError(msg)

@@ -15,7 +15,7 @@ import contextlib
 import importlib
 from typing import Any, Callable
 
-__all__ = ["Adapter", "FRAMEWORKS", "detect", "make", "require"]
+__all__ = ["Adapter", "FRAMEWORKS", "composer", "detect", "make", "require"]
 
 #: Frameworks in the order they are tried. Keras comes first because a Keras model on
 #: the torch backend is also a torch.nn.Module, and on TensorFlow a tf.Module.
@@ -51,6 +51,9 @@ class Adapter:
     #: True where :meth:`compile` compiles, once per shape of its arguments (JAX,
     #: tf.function): the engine then keeps every chunk of a call at one shape.
     compiles: bool = False
+    #: The arrays the model takes, in words (for errors), and whether NumPy arrays are among them.
+    arrays: str = "arrays of its framework"
+    takes_numpy: bool = False
 
     def forward(self, points: tuple):
         """Model outputs at ``points``, without gradients."""
@@ -110,3 +113,22 @@ def make(model: Any, framework: str | None, arrays: tuple) -> Adapter:
     if framework == "tensorflow" and _module("keras").recognizes(model, arrays):
         framework = "keras"  # a Keras model on TensorFlow: called with training=False
     return _module(framework).make(model)
+
+
+def composer(adapter: Adapter, kept: int = 8) -> Callable:
+    """``compose(fn)``: ``adapter.compose(fn)``, the same object for the same ``fn`` (the last
+    ``kept``), so that a compiling adapter compiles once for a target passed again. The
+    explainer that owns ``adapter`` keeps it."""
+    made: dict = {}
+
+    def compose(fn: Callable) -> Adapter:
+        try:
+            found = made.pop(fn, None)
+        except TypeError:  # an unhashable callable
+            return adapter.compose(fn)
+        made[fn] = found if found is not None else adapter.compose(fn)
+        while len(made) > kept:
+            made.pop(next(iter(made)))
+        return made[fn]
+
+    return compose

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gradshap.backends import Adapter, require
+from gradshap.backends import Adapter, _jax_sharding, require
 
 
 def recognizes(model: Any, arrays: tuple) -> bool:
@@ -84,25 +84,10 @@ def compile_jitted(fn: Callable, value_and_grad: Callable, params: Callable[[], 
     def run(xp, *arrays, **static):
         values = params()
         if len(jax.devices()) > 1:  # every device takes part: its arguments on all of them
-            values, arrays = _everywhere((values, arrays))
+            values, arrays = _jax_sharding.everywhere((values, arrays))
         return jitted(values, arrays, tuple(sorted(static.items())))
 
     return run
-
-
-def _everywhere(tree):
-    """The JAX arrays of ``tree`` replicated on every device of the default backend
-    (arrays already laid out over them, and NumPy arrays, are left as they are)."""
-    jax = require("jax")
-    devices = jax.devices()
-    whole = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), ("rows",)), jax.sharding.PartitionSpec())
-
-    def place(a):
-        if isinstance(a, jax.Array) and len(a.sharding.device_set) < len(devices):
-            return jax.device_put(a, whole)
-        return a
-
-    return jax.tree_util.tree_map(place, tree)
 
 
 def vjp_of(call: Callable) -> Callable:
@@ -116,7 +101,7 @@ def vjp_of(call: Callable) -> Callable:
 
     def value_and_grad(params, points, cotangent):
         n = points[0].shape[0]
-        points, cotangent = _spread(tuple(points), cotangent)
+        points, cotangent = _jax_sharding.spread(tuple(points), cotangent)
         out, pullback = jax.vjp(lambda *p: call(params, p), *points)
         grads = pullback(cotangent.reshape(out.shape).astype(out.dtype))
         if points[0].shape[0] != n:
@@ -126,26 +111,9 @@ def vjp_of(call: Callable) -> Callable:
     return value_and_grad
 
 
-def _spread(points: tuple, cotangent):
-    """``points`` and ``cotangent`` laid out over every device of the default backend
-    along their first axis (unchanged on one device)."""
-    jax = require("jax")
-    devices = jax.devices()
-    n = points[0].shape[0]
-    if len(devices) < 2 or n == 0:
-        return points, cotangent
-    pad = -n % len(devices)
-    if pad:
-        at = jax.numpy.arange(n + pad) % n
-        points, cotangent = tuple(jax.numpy.take(p, at, axis=0) for p in points), jax.numpy.take(cotangent, at, axis=0)
-    rows = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), ("rows",)),
-                                      jax.sharding.PartitionSpec("rows"))
-    spread = functools.partial(jax.lax.with_sharding_constraint, shardings=rows)
-    return tuple(spread(p) for p in points), spread(cotangent)
-
-
 class JaxAdapter(Adapter):
     name = "jax"
+    arrays = "jax arrays"
     compiles = True
 
     def __init__(self, model: Any, output_fn: Callable | None = None, functional: tuple | None = None):

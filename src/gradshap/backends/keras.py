@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gradshap.backends import Adapter, require
+from gradshap.backends import Adapter, _state, require
 from gradshap.backends.jax import JaxAdapter
 from gradshap.backends.tensorflow import TensorFlowAdapter
 from gradshap.backends.torch import TorchAdapter
@@ -62,24 +62,18 @@ class KerasAdapter(Adapter):
     (its ``xp`` is not this one's) and each VJP converts in and back out."""
 
     name = "keras"
+    takes_numpy = True
 
     def __init__(self, inner: Adapter):
         self.inner, self.xp, self.compiles = inner, inner.xp, inner.compiles
-        self._ops = require("keras").ops
+        self._keras = require("keras")
+        self._ops = self._keras.ops
+        backend = self._keras.backend.backend()
+        self.arrays = f"NumPy arrays or {backend} tensors (Keras runs on {backend})"
 
     def _native(self, points: tuple) -> tuple:
         host = isinstance(points[0], np.ndarray)
-        if host:
-            return host, tuple(self._ops.convert_to_tensor(p) for p in points)
-        if not all(self._ops.is_tensor(p) for p in points):
-            backend = require("keras").backend.backend()
-            kinds = ", ".join(sorted({type(p).__module__ + "." + type(p).__name__ for p in points}))
-            msg = (
-                f"`x` and `background` for a Keras model on the {backend} backend must be NumPy "
-                f"arrays or {backend} tensors; got {kinds}. gradshap never converts silently"
-            )
-            raise TypeError(msg)
-        return host, points
+        return host, tuple(self._ops.convert_to_tensor(p) for p in points) if host else points
 
     def _out(self, host: bool, a):
         return self._ops.convert_to_numpy(a) if host else a
@@ -105,27 +99,8 @@ class KerasAdapter(Adapter):
 
     @contextlib.contextmanager
     def session(self):
-        with _global_seed_generator_guard(), self.inner.session():
+        with _state.keras_seed_generator(self._keras), self.inner.session():
             yield
-
-
-@contextlib.contextmanager
-def _global_seed_generator_guard():
-    """Keras' global ``SeedGenerator`` as found: the same object (or none), in the same state."""
-    try:
-        from keras.src.backend.common import global_state
-        from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
-    except ImportError:  # another Keras layout: nothing known to restore
-        yield
-        return
-    found = global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
-    state = None if found is None else require("keras").ops.convert_to_numpy(found.state.value).copy()
-    try:
-        yield
-    finally:
-        global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, found)
-        if found is not None:
-            found.state.assign(state)
 
 
 def _check_continuous_inputs(keras, model) -> None:

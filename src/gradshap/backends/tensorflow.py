@@ -22,11 +22,10 @@ op, so the op-level seeds that ``tf.random.set_seed`` governs are untouched too.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from typing import Any, Callable
 
-from gradshap.backends import Adapter, require
+from gradshap.backends import Adapter, _state, require
 from gradshap.backends._tf_namespace import namespace
 
 
@@ -39,6 +38,7 @@ def recognizes(model: Any, arrays: tuple) -> bool:
 
 class TensorFlowAdapter(Adapter):
     name = "tensorflow"
+    arrays = "tf.Tensor"
     compiles = True
 
     def __init__(self, model: Callable, output_fn: Callable | None = None, call: Callable | None = None):
@@ -118,7 +118,7 @@ class TensorFlowAdapter(Adapter):
         return adapter
 
     def session(self):
-        return global_generator_guard()
+        return _state.tensorflow_generator()
 
 
 def _signature(arrays):
@@ -127,26 +127,6 @@ def _signature(arrays):
         return tuple(_signature(a) for a in arrays)
     shape = getattr(arrays, "shape", None)
     return arrays if shape is None else (tuple(shape), arrays.dtype)
-
-
-@contextlib.contextmanager
-def global_generator_guard():
-    """TensorFlow's global ``tf.random.Generator`` as found: the same object, in the same state.
-
-    Read from its module without ``tf.random.get_global_generator()``, which would create
-    one (and raises under op determinism when none is set). A generator the call created
-    is dropped again. Does nothing unless TensorFlow is already imported.
-    """
-    ops = sys.modules.get("tensorflow.python.ops.stateful_random_ops")
-    found = getattr(ops, "global_generator", None)
-    state = None if found is None else found.state.numpy()
-    try:
-        yield
-    finally:
-        if ops is not None:
-            ops.global_generator = found
-            if found is not None:
-                found.state.assign(state)
 
 
 # Op types whose XLA CPU kernels are slower than TensorFlow's own (oneDNN) ones.

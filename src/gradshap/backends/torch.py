@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import threading
 from typing import Any, Callable
 
-from gradshap.backends import Adapter, require
+from gradshap.backends import Adapter, _state, require
 
 
 def recognizes(model: Any, arrays: tuple) -> bool:
@@ -19,6 +18,7 @@ def recognizes(model: Any, arrays: tuple) -> bool:
 
 class TorchAdapter(Adapter):
     name = "torch"
+    arrays = "torch tensors"
 
     def __init__(self, model: Callable, output_fn: Callable | None = None, call: Callable | None = None):
         """``call(points)``: how the model is called (default ``model(*points)``)."""
@@ -69,13 +69,7 @@ class TorchAdapter(Adapter):
         return result
 
     def forward(self, points: tuple):
-        # The engine's first model call is a forward pass: inputs are checked here, once.
         torch = self._torch
-        if not all(isinstance(p, torch.Tensor) for p in points):
-            kinds = ", ".join(sorted({f"{type(p).__module__}.{type(p).__name__}" for p in points}))
-            msg = (f"`x` and `background` for a torch model must be torch tensors; got {kinds}. gradshap "
-                   "never converts silently: pass torch.from_numpy(a) (on the model's device)")
-            raise TypeError(msg)
         try:
             with torch.no_grad():
                 return self._checked(self._call, points)
@@ -121,62 +115,7 @@ class TorchAdapter(Adapter):
         return adapter
 
     def session(self) -> contextlib.AbstractContextManager:
-        return _session(self._torch, self.model)
-
-
-# The calls in progress per model (by id; an entry lives only while a call runs): the first
-# call to start records the model's modes, flags and torch's RNG states and sets eval mode;
-# the last to end restores them. Calls from several threads on one model are then each
-# made in eval mode, and the model is left as the first found it.
-_ACTIVE: dict = {}
-_ACTIVE_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _session(torch, model):
-    with _ACTIVE_LOCK:
-        entry = _ACTIVE.get(id(model))
-        if entry is None:
-            entry = _ACTIVE[id(model)] = [0, _enter(torch, model)]
-        entry[0] += 1
-    try:
-        # Per call (grad modes are per thread): no graph is recorded for the engine's own
-        # operations, even on inputs that require grad, and a caller's inference mode is
-        # left for the call (value_and_grad enables gradients for the model alone).
-        with torch.inference_mode(False), torch.no_grad():
-            yield
-    finally:
-        with _ACTIVE_LOCK:
-            entry[0] -= 1
-            if entry[0] == 0:
-                del _ACTIVE[id(model)]
-                _restore(torch, *entry[1])
-
-
-def _enter(torch, model) -> tuple:
-    """Record the state a call changes, then set eval mode and freeze the parameters."""
-    is_module = isinstance(model, torch.nn.Module)
-    modes = [(m, m.training) for m in model.modules()] if is_module else []
-    flags = [(p, p.requires_grad) for p in model.parameters()] if is_module else []
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    state = (modes, flags, torch.get_rng_state(), cuda_rng)
-    if is_module:
-        model.eval()
-        # Parameters need no gradient here: skipping them saves the weight-gradient half
-        # of every backward pass and leaves `.grad` untouched.
-        for p, _ in flags:
-            p.requires_grad_(False)
-    return state
-
-
-def _restore(torch, modes: list, flags: list, cpu_rng, cuda_rng) -> None:
-    for m, training in modes:
-        m.training = training
-    for p, flag in flags:
-        p.requires_grad_(flag)
-    torch.set_rng_state(cpu_rng)
-    if cuda_rng is not None:
-        torch.cuda.set_rng_state_all(cuda_rng)
+        return _state.torch_model(self._torch, self.model)
 
 
 def make(model: Any) -> TorchAdapter:

@@ -8,7 +8,6 @@ only the per-point scalars come back to the host.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import numpy as np
 
 from gradshap import _engine, _targets, _tiling, _validation, backends
 from gradshap._arrays import to_numpy
+from gradshap.backends import _state
 from gradshap._groups import z_value
 from gradshap.backends import Adapter
 
@@ -217,7 +217,7 @@ class Scorer:
         if callable(target) and not isinstance(target, (str, type)):
             adapter, target = adapter.compose(target), None
         self.adapter, self.xp = adapter, xp
-        self.compiled = adapter.compiles and (adapter.xp is None or xp is adapter.xp)
+        self.compiled = adapter.compiles and _validation.own_arrays(adapter, xp, xs + arrays)
         self.device = _validation.device_of(xp, xs[0])
         if batch_size is None:
             batch_size = _tiling.default_batch_size(sum(feature_sizes(xs)), device=self.device, compiled=self.compiled)
@@ -231,13 +231,11 @@ class Scorer:
             raise ValueError(msg)
         self.target = selection.label
         self.cot = selection.cotangents[0]
-        self.output = xp.sum(out * self.cot, axis=1)  # (n,) at x
+        self.output = _engine._selected(xp, out, self.cot)  # (n,) at x
         self.n = n
 
-    @contextlib.contextmanager
     def session(self):
-        with _engine._global_rng_guard(), self.adapter.session():
-            yield
+        return _state.explaining(self.adapter)
 
     def _matrix(self, points: tuple):
         m = points[0].shape[0]
