@@ -353,3 +353,24 @@ def test_bench_refuses_an_out_below_a_file_before_any_work(tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     assert bench.main(["--quick", "--no-progress", "--out", str(tmp_path / "afile" / "sub")]) == 2
     assert "cannot write to --out" in capsys.readouterr().err
+
+
+def test_bench_exits_1_and_names_the_job_when_a_worker_fails(tmp_path, monkeypatch, capsys):
+    """A job whose worker dies fails: bench still writes its report, lists the job under
+    ``errors`` (json and markdown), names it on stderr and exits 1. The worker
+    here cannot even start Python: workers inherit the driver's environment, in which
+    PYTHONHOME now names a folder that does not exist."""
+    import_or_fail("matplotlib")
+    import bench
+
+    monkeypatch.setenv("PYTHONHOME", str(tmp_path / "no-python-here"))
+    out = tmp_path / "out"
+    argv = ["--quick", "--no-progress", "--no-memory", "--groups", "torch", "--rows", "floor", "--out", str(out)]
+    assert bench.main(argv) == 1
+    assert "bench: 1 job(s) failed: time torch" in capsys.readouterr().err
+    report = json.loads((out / "bench.json").read_text())
+    assert list(report["errors"]) == ["time torch"]
+    assert report["errors"]["time torch"].startswith("worker exited with code 1: ")
+    assert report["rows"] == []
+    assert "- time torch: worker exited with code 1" in (out / "bench.md").read_text()
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
