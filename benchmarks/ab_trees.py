@@ -7,6 +7,9 @@ so that both import side by side; the new one is the ``gradshap`` on the path.
 
     python benchmarks/ab_trees.py --old ../old/src --framework torch --workload cnn [--reps 8]
 
+``--framework tensorflow`` explains the Keras-built model (TensorFlow backend) as a plain
+function of tensors, as bench's TensorFlow group does; ``keras`` uses ``KERAS_BACKEND``.
+
 Prints the median time of each tree, their ratio, each tree's first call, and the largest
 relative difference of their values (the same numbers to rounding, for the same seed).
 """
@@ -14,6 +17,7 @@ relative difference of their values (the same numbers to rounding, for the same 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -44,17 +48,24 @@ def import_renamed(src: Path):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", required=True, type=Path, help="the old tree's src folder")
-    parser.add_argument("--framework", default="torch", choices=["torch", "jax", "keras"])
+    parser.add_argument("--framework", default="torch", choices=["torch", "jax", "tensorflow", "keras"])
     parser.add_argument("--workload", default="mlp", choices=["mlp", "cnn"])
     parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--n-samples", type=int, default=200)
     args = parser.parse_args(argv)
+    if args.framework == "tensorflow":
+        os.environ["KERAS_BACKEND"] = "tensorflow"  # before Keras is imported
     old = import_renamed(args.old)
     import gradshap
 
     wl = workloads.get(args.workload)
     x, bg = wl.data(wl.n_rows)
-    model = wl.build(args.framework)
+    # TensorFlow: the Keras-built model (TF backend) as a plain function of tensors, as bench's group.
+    model = wl.build("keras" if args.framework == "tensorflow" else args.framework)
+    framework = None
+    if args.framework == "tensorflow":
+        keras_model, framework = model, "tensorflow"
+        model = lambda a: keras_model(a, training=False)  # noqa: E731
     if args.framework == "torch":
         import torch
 
@@ -67,7 +78,8 @@ def main(argv=None) -> int:
         import keras
 
         x, bg = (keras.ops.convert_to_tensor(workloads.to_layout(a, "NHWC")) for a in (x, bg))
-    explainers = {"old": old.GradientExplainer(model, bg), "new": gradshap.GradientExplainer(model, bg)}
+    explainers = {"old": old.GradientExplainer(model, bg, framework=framework),
+                  "new": gradshap.GradientExplainer(model, bg, framework=framework)}
 
     def call(name):
         exp = explainers[name](x, target=wl.target, n_samples=args.n_samples, seed=0)
