@@ -16,7 +16,7 @@ A call, in order (:func:`run`):
    step (:func:`_chunk`: gather baselines, interpolate, ``value_and_grad``, multiply by
    ``x - b``, per-column mean and spread), merge into the statistics (Chan's formula);
    the group's estimate and variance follow from them;
-4. finish (:func:`_finish`): values, standard errors, base values, outputs, residuals.
+4. standard errors from the variances; finish (:func:`_finish`): base values, outputs, residuals.
 
 The chunk step, the merge, the error model and the finish are pure array code with
 shapes fixed by their arguments: the adapter compiles each where its framework
@@ -163,17 +163,15 @@ def _selected(xp, out, cot):
     return xp.sum(xp.where(cot != 0, out * cot, xp.zeros_like(out)), axis=1)
 
 
-def _finish(xp, _, values, variances, out_x, ref_b, cot, *, shapes):
-    """A target's results: values and standard errors per input ``(n, *f)``; base values,
-    outputs and completeness residuals ``(n,)``."""
+def _finish(xp, _, values, out_x, ref_b, cot):
+    """A target's base values, outputs and completeness residuals ``(n,)``, given its values
+    per input ``(n, *f)`` (read, not returned: a compiled step would return a copy)."""
     n, acc = out_x.shape[0], out_x.dtype
     cot = xp.astype(cot, acc, copy=False)
-    values = [xp.reshape(v, (n, *f)) for v, f in zip(values, shapes)]
-    errors = [xp.reshape(xp.sqrt(v), (n, *f)) for v, f in zip(variances, shapes)]
     output, base = _selected(xp, out_x, cot), _selected(xp, ref_b, cot)
-    total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, math.prod(f))), axis=1)
-                for v, f in zip(values, shapes))
-    return values, errors, base, output, total - (output - base)
+    total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, math.prod(v.shape[1:]))), axis=1)
+                for v in values)
+    return base, output, total - (output - base)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -295,7 +293,7 @@ def _noise(design: _sampling.Design, tiling: _tiling.Tiling, key: int, ids: np.n
 
 def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, tiling, key, stdevs, compiled, bar,
                rtol=None, max_blocks=1, row_ids=None):
-    """Values and variances per input ``(n, F)``, samples used per row, and whether each met ``rtol``.
+    """Values and standard errors per input ``(n, *f)``, samples used per row, and whether each met ``rtol``.
 
     Rows go in groups of the tiling's rows. Each group takes one block of
     ``design.n_samples`` samples per row; in adaptive mode the rows that have not met
@@ -308,7 +306,7 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
     feat = [tuple(a.shape[1:]) for a in x]
     sizes = [math.prod(f) for f in feat]
     if n == 0:
-        empty = [xp.full((0, s), 0.0, dtype=acc, device=device) for s in sizes]
+        empty = [xp.full((0, *f), 0.0, dtype=acc, device=device) for f in feat]
         return [empty, empty, np.zeros(0, dtype=np.int64), np.ones(0, dtype=bool)]
     n0 = design.n_samples
     step, merge, estimate = compile(_chunk), compile(_merge), compile(_estimate)
@@ -361,12 +359,23 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
         return estimate(xp, stats.mean, stats.m2, sums, *factors, columns=design.columns,
                         passes=-(-n0 // design.columns), between=static["between"], infinite=static["infinite"])
 
-    # An eager CPU framework writes each group's results into host arrays: small result
-    # arrays kept alive between chunks fragment the C heap (torch's MLP: peak memory grew
-    # 1.9x at 4x rows; 1.1x with these). Compiling adapters keep results on the device.
-    on_host = "cpu" in str(device).lower() and not compiled and n > tiling.rows
-    buffers = [[np.empty((n, s), dtype=np_acc) for s in sizes] for _ in range(2)] if on_host else None
+    # On the CPU each group's results go into host arrays that become the results without a
+    # copy (:func:`_from_host`): small arrays kept alive between chunks fragment the C heap,
+    # and joining them doubles the memory (peak memory grew 4x as fast as the results on
+    # JAX's MLP, 1.9x on torch's). TensorFlow (no ``from_dlpack``) keeps them on the device.
+    on_host = "cpu" in str(device).lower() and (not compiled or hasattr(xp, "from_dlpack")) and n > tiling.rows
+    buffers = [[_host_buffer((n, s), np_acc) for s in sizes] for _ in range(2)] if on_host else None
     parts, used, met = [], np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
+
+    def drain(kept: int) -> None:
+        """All parts but the last ``kept`` into the host buffers: a part is copied once
+        ``kept`` more are under way, so the copy waits for no computation (JAX runs ahead)."""
+        while len(parts) > kept:
+            rows, values, errors, sel = parts.pop(0)
+            for buffer, arrays in zip(buffers, (values, errors)):
+                for pos, v in enumerate(arrays):
+                    buffer[pos][rows] = np.from_dlpack(v)[sel]
+
     for r0 in range(0, n, tiling.rows):
         active = np.arange(r0, min(n, r0 + tiling.rows))
         ids = active[padded(active.size)]
@@ -399,12 +408,10 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
             done = ok | (rtol is None or 2 * blocks > max_blocks)
             sel = np.flatnonzero(done)
             used[active[sel]], met[active[sel]] = blocks * n0, ok[sel]
+            if sel.size:  # values and standard errors
+                parts.append((active[sel], values, [xp.sqrt(v) for v in var], sel))
             if buffers is not None:
-                for buffer, arrays in zip(buffers, (values, var)):
-                    for pos, v in enumerate(arrays):
-                        buffer[pos][active[sel]] = np.from_dlpack(v)[sel]
-            elif sel.size:
-                parts.append((active[sel], values, var, sel))
+                drain(8)
             if sel.size == active.size:
                 break
             keep = np.flatnonzero(~done)
@@ -414,7 +421,9 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
             stats.keep(host(positions, xp.int64))
             *x_rows, cot = rows_of(ids)
     if buffers is not None:
-        return [[xp.asarray(b, device=device) for b in buffer] for buffer in buffers] + [used, met]
+        drain(0)
+        return [[_from_host(xp, np.reshape(b, (n, *f)), device) for b, f in zip(buffer, feat)]
+                for buffer in buffers] + [used, met]
     # Each row's place in the parts joined end to end; one gather puts them in order.
     starts = np.cumsum([0] + [p[1][0].shape[0] for p in parts])
     where = np.empty(n, dtype=np.int64)
@@ -424,7 +433,7 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
 
     def joined(which: int, pos: int):
         whole = xp.concat([p[which][pos] for p in parts], axis=0) if len(parts) > 1 else parts[0][which][pos]
-        return whole if at is None else xp.take(whole, at, axis=0)
+        return xp.reshape(whole if at is None else xp.take(whole, at, axis=0), (n, *feat[pos]))
 
     return [[joined(which, pos) for pos in range(len(x))] for which in (1, 2)] + [used, met]
 
@@ -439,6 +448,25 @@ def _converged(xp, values: list, var: list, gap, active: np.ndarray, rtol: float
         total = _host(sum(xp.sum(v, axis=1) for v in values))[:k]
         ok &= np.abs(total - _host(gap)[active]) <= rtol * scale
     return ok
+
+
+def _host_buffer(shape: tuple, dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)`` at a 64-byte aligned address: JAX shares such memory
+    (:func:`_from_host`), and copies memory aligned less."""
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    raw = np.empty(size + 64, dtype=np.uint8)
+    skip = -raw.ctypes.data % 64
+    return raw[skip : skip + size].view(dtype).reshape(shape)
+
+
+def _from_host(xp, a: np.ndarray, device):
+    """``a``, host memory no longer written, as an ``xp`` array on ``device``: shared, not
+    copied, where the namespace can (NumPy, torch, JAX on the CPU)."""
+    if hasattr(xp, "from_dlpack"):
+        shared = xp.from_dlpack(a)
+        if _validation.device_of(xp, shared) == device:
+            return shared
+    return xp.asarray(a, device=device)
 
 
 def _host(a) -> np.ndarray:
@@ -551,7 +579,7 @@ def run(
                 while True:
                     try:
                         tiling = _tiling.plan(design.n_samples, design.columns, batch_size)
-                        vals, var, used, met = _attribute(
+                        vals, errs, used, met = _attribute(
                             adapter, xp, compile, x, background, cot, gap, design=design, tiling=tiling, key=key,
                             stdevs=stdevs, compiled=compiled, bar=bar, rtol=rtol, max_blocks=max_blocks,
                             row_ids=row_ids)
@@ -565,8 +593,7 @@ def run(
                                       ResourceWarning, stacklevel=3)
                         if bar is not None:
                             bar.reset()
-                shapes = tuple(tuple(a.shape[1:]) for a in x)
-                vals, errs, base, output, delta = finish(xp, vals, var, out_x, ref_b, cot, shapes=shapes)
+                base, output, delta = finish(xp, vals, out_x, ref_b, cot)
                 _check_finite(xp, vals, output, base, delta, out_b, cot, paired=design.paired)
                 per_target.append((vals, errs, base, output, delta, used, met))
         finally:
