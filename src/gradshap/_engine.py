@@ -15,8 +15,8 @@ A call, in order (:func:`run`):
 3. per group of rows, per tile of passes and columns: draw on the host, run the chunk
    step (:func:`_chunk`: gather baselines, interpolate, ``value_and_grad``, multiply by
    ``x - b``, per-column mean and spread), merge into the statistics (Chan's formula);
-   the group's estimate and variance follow from them;
-4. standard errors from the variances; finish (:func:`_finish`): base values, outputs, residuals.
+   the group's estimate, variance and standard errors follow from them;
+4. finish (:func:`_finish`): base values, outputs, residuals.
 
 The chunk step, the merge, the error model and the finish are pure array code with
 shapes fixed by their arguments: the adapter compiles each where its framework
@@ -56,6 +56,11 @@ class Result:
     n_samples: Any  # an int, or in adaptive mode the samples used per row (numpy array)
     seed: int | None = None  # the integer seed the draws came from
     row_ids: Any = None  # the rows' ids (int64 numpy array) that keyed the draws
+
+
+#: Groups of rows whose results stay on the device before they are copied to the host: a
+#: copy then waits for no computation still queued (JAX runs ahead of the host).
+_IN_FLIGHT = 8
 
 
 def _accumulation_dtype(xp, dtype):
@@ -128,7 +133,7 @@ def _merge(xp, _, mean, m2, new_mean, new_m2, share, cross):
 
 def _estimate(xp, _, mean, m2, nodes, c_m2, c_between, w_center, c_nodes, *, columns: int, passes: int,
               between: bool, infinite: bool):
-    """Estimate and variance per input ``(k, F)`` from the per-column statistics.
+    """Estimate, variance and standard error per input ``(k, F)`` from the per-column statistics.
 
     ``mean``, ``m2``: per column group, per input ``(k, G, F)``, joined and cut to the
     design's ``columns``; ``nodes``: ``None``, or per pass tile, per input the sum over
@@ -154,7 +159,7 @@ def _estimate(xp, _, mean, m2, nodes, c_m2, c_between, w_center, c_nodes, *, col
             var = var + xp.sum(c_nodes * (nodes[pos] / columns - xp.expand_dims(v, axis=1)) ** 2, axis=1)
         values.append(v)
         variances.append(var + math.inf if infinite else var)
-    return values, variances
+    return values, variances, [xp.sqrt(v) for v in variances]
 
 
 def _selected(xp, out, cot):
@@ -361,15 +366,16 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
 
     # On the CPU each group's results go into host arrays that become the results without a
     # copy (:func:`_from_host`): small arrays kept alive between chunks fragment the C heap,
-    # and joining them doubles the memory (peak memory grew 4x as fast as the results on
-    # JAX's MLP, 1.9x on torch's). TensorFlow (no ``from_dlpack``) keeps them on the device.
-    on_host = "cpu" in str(device).lower() and (not compiled or hasattr(xp, "from_dlpack")) and n > tiling.rows
+    # and joining them doubles the memory (peak memory grew 2.3-4x as fast as the results on
+    # JAX's MLP; 1.0x so). TensorFlow (no ``from_dlpack``) keeps them on the device, and so
+    # does a call of at most _IN_FLIGHT groups, where the copies would only add a wait.
+    on_host = ("cpu" in str(device).lower() and (not compiled or hasattr(xp, "from_dlpack"))
+               and n > _IN_FLIGHT * tiling.rows)
     buffers = [[_host_buffer((n, s), np_acc) for s in sizes] for _ in range(2)] if on_host else None
     parts, used, met = [], np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
 
     def drain(kept: int) -> None:
-        """All parts but the last ``kept`` into the host buffers: a part is copied once
-        ``kept`` more are under way, so the copy waits for no computation (JAX runs ahead)."""
+        """All parts but the last ``kept`` into the host buffers."""
         while len(parts) > kept:
             rows, values, errors, sel = parts.pop(0)
             for buffer, arrays in zip(buffers, (values, errors)):
@@ -401,17 +407,17 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
                         if bar is not None:
                             bar.update(active.size * count)
             blocks += new
-            values, var = estimate_of(stats, blocks)
+            values, var, errors = estimate_of(stats, blocks)
             ok = np.ones(active.size, dtype=bool)
             if rtol is not None:
                 ok = _converged(xp, values, var, gap, active, rtol, stdevs)
             done = ok | (rtol is None or 2 * blocks > max_blocks)
             sel = np.flatnonzero(done)
             used[active[sel]], met[active[sel]] = blocks * n0, ok[sel]
-            if sel.size:  # values and standard errors
-                parts.append((active[sel], values, [xp.sqrt(v) for v in var], sel))
+            if sel.size:
+                parts.append((active[sel], values, errors, sel))
             if buffers is not None:
-                drain(8)
+                drain(_IN_FLIGHT)
             if sel.size == active.size:
                 break
             keep = np.flatnonzero(~done)
