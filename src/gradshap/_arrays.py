@@ -5,6 +5,7 @@ They look at arrays without importing any framework (``sys.modules`` only).
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -13,8 +14,8 @@ import numpy as np
 
 from gradshap.backends import _tf_namespace
 
-__all__ = ["as_inputs", "device_of", "is_lazy", "is_tf_tensor", "namespace_of", "shape_str", "to_numpy",
-           "type_name"]
+__all__ = ["aligned_empty", "as_inputs", "device_of", "from_host", "is_lazy", "is_tf_tensor", "namespace_of",
+           "shape_str", "to_numpy", "type_name"]
 
 
 def shape_str(shape: tuple) -> str:
@@ -102,3 +103,22 @@ def to_numpy(a: Any) -> Any:
         a = a.numpy() if hasattr(a, "numpy") and not aac.is_array_api_obj(a) else np.asarray(a)  # tf.Tensor
     # ml_dtypes' floats (what JAX and TensorFlow give NumPy for bfloat16) have kind "V".
     return a.astype(np.float32) if a.dtype.kind == "V" and a.dtype.names is None else a
+
+
+def aligned_empty(shape: tuple, dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)`` at a 64-byte aligned address: JAX shares such memory
+    (:func:`from_host`), and copies memory aligned less."""
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    raw = np.empty(size + 64, dtype=np.uint8)
+    skip = -raw.ctypes.data % 64
+    return raw[skip : skip + size].view(dtype).reshape(shape)
+
+
+def from_host(xp, a: np.ndarray, device):
+    """``a``, host memory no longer written, as an ``xp`` array on ``device``: shared, not
+    copied, where the namespace can (NumPy, torch, JAX on the CPU)."""
+    if hasattr(xp, "from_dlpack"):
+        shared = xp.from_dlpack(a)
+        if device_of(xp, shared) == device:
+            return shared
+    return xp.asarray(a, device=device)

@@ -15,8 +15,8 @@ A call, in order (:func:`run`):
 3. per group of rows, per tile of passes and columns: draw on the host, run the chunk
    step (:func:`_chunk`: gather baselines, interpolate, ``value_and_grad``, multiply by
    ``x - b``, per-column mean and spread), merge into the statistics (Chan's formula);
-   the group's estimate and variance follow from them;
-4. finish (:func:`_finish`): values, standard errors, base values, outputs, residuals.
+   the group's estimate, variance and standard errors follow from them;
+4. finish (:func:`_finish`): base values, outputs, residuals.
 
 The chunk step, the merge, the error model and the finish are pure array code with
 shapes fixed by their arguments: the adapter compiles each where its framework
@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gradshap import _sampling, _targets, _tiling, _validation
+from gradshap import _arrays, _sampling, _targets, _tiling, _validation
 from gradshap.backends import Adapter, _state, require
 
 __all__ = ["Result", "run"]
@@ -54,6 +54,11 @@ class Result:
     n_samples: Any  # an int, or in adaptive mode the samples used per row (numpy array)
     seed: int | None = None  # the integer seed the draws came from
     row_ids: Any = None  # the rows' ids (int64 numpy array) that keyed the draws
+
+
+#: Groups of rows whose results stay on the device before they are copied to the host: a
+#: copy then waits for no computation still queued (JAX runs ahead of the host).
+_IN_FLIGHT = 8
 
 
 def _accumulation_dtype(xp, dtype):
@@ -126,7 +131,7 @@ def _merge(xp, _, mean, m2, new_mean, new_m2, share, cross):
 
 def _estimate(xp, _, mean, m2, nodes, c_m2, c_between, w_center, c_nodes, *, columns: int, passes: int,
               between: bool, infinite: bool):
-    """Estimate and variance per input ``(k, F)`` from the per-column statistics.
+    """Estimate, variance and standard error per input ``(k, F)`` from the per-column statistics.
 
     ``mean``, ``m2``: per column group, per input ``(k, G, F)``, joined and cut to the
     design's ``columns``; ``nodes``: ``None``, or per pass tile, per input the sum over
@@ -152,7 +157,7 @@ def _estimate(xp, _, mean, m2, nodes, c_m2, c_between, w_center, c_nodes, *, col
             var = var + xp.sum(c_nodes * (nodes[pos] / columns - xp.expand_dims(v, axis=1)) ** 2, axis=1)
         values.append(v)
         variances.append(var + math.inf if infinite else var)
-    return values, variances
+    return values, variances, [xp.sqrt(v) for v in variances]
 
 
 def _selected(xp, out, cot):
@@ -161,17 +166,15 @@ def _selected(xp, out, cot):
     return xp.sum(xp.where(cot != 0, out * cot, xp.zeros_like(out)), axis=1)
 
 
-def _finish(xp, _, values, variances, out_x, ref_b, cot, *, shapes):
-    """A target's results: values and standard errors per input ``(n, *f)``; base values,
-    outputs and completeness residuals ``(n,)``."""
+def _finish(xp, _, values, out_x, ref_b, cot):
+    """A target's base values, outputs and completeness residuals ``(n,)``, given its values
+    per input ``(n, *f)`` (read, not returned: a compiled step would return a copy)."""
     n, acc = out_x.shape[0], out_x.dtype
     cot = xp.astype(cot, acc, copy=False)
-    values = [xp.reshape(v, (n, *f)) for v, f in zip(values, shapes)]
-    errors = [xp.reshape(xp.sqrt(v), (n, *f)) for v, f in zip(variances, shapes)]
     output, base = _selected(xp, out_x, cot), _selected(xp, ref_b, cot)
-    total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, math.prod(f))), axis=1)
-                for v, f in zip(values, shapes))
-    return values, errors, base, output, total - (output - base)
+    total = sum(xp.sum(xp.reshape(xp.astype(v, acc, copy=False), (n, math.prod(v.shape[1:]))), axis=1)
+                for v in values)
+    return base, output, total - (output - base)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -293,7 +296,7 @@ def _noise(design: _sampling.Design, tiling: _tiling.Tiling, key: int, ids: np.n
 
 def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, tiling, key, stdevs, compiled, bar,
                rtol=None, max_blocks=1, row_ids=None):
-    """Values and variances per input ``(n, F)``, samples used per row, and whether each met ``rtol``.
+    """Values and standard errors per input ``(n, *f)``, samples used per row, and whether each met ``rtol``.
 
     Rows go in groups of the tiling's rows. Each group takes one block of
     ``design.n_samples`` samples per row; in adaptive mode the rows that have not met
@@ -306,7 +309,7 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
     feat = [tuple(a.shape[1:]) for a in x]
     sizes = [math.prod(f) for f in feat]
     if n == 0:
-        empty = [xp.full((0, s), 0.0, dtype=acc, device=device) for s in sizes]
+        empty = [xp.full((0, *f), 0.0, dtype=acc, device=device) for f in feat]
         return [empty, empty, np.zeros(0, dtype=np.int64), np.ones(0, dtype=bool)]
     n0 = design.n_samples
     step, merge, estimate = compile(_chunk), compile(_merge), compile(_estimate)
@@ -359,12 +362,24 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
         return estimate(xp, stats.mean, stats.m2, sums, *factors, columns=design.columns,
                         passes=-(-n0 // design.columns), between=static["between"], infinite=static["infinite"])
 
-    # An eager CPU framework writes each group's results into host arrays: small result
-    # arrays kept alive between chunks fragment the C heap (torch's MLP: peak memory grew
-    # 1.9x at 4x rows; 1.1x with these). Compiling adapters keep results on the device.
-    on_host = "cpu" in str(device).lower() and not compiled and n > tiling.rows
-    buffers = [[np.empty((n, s), dtype=np_acc) for s in sizes] for _ in range(2)] if on_host else None
+    # On the CPU each group's results go into host arrays that become the results without a
+    # copy (:func:`gradshap._arrays.from_host`): small arrays kept alive between chunks fragment the C heap,
+    # and joining them doubles the memory (peak memory grew 2.3-4x as fast as the results on
+    # JAX's MLP; 1.0x so). TensorFlow (no ``from_dlpack``) keeps them on the device, and so
+    # does a call of at most _IN_FLIGHT groups, where the copies would only add a wait.
+    on_host = ("cpu" in str(device).lower() and (not compiled or hasattr(xp, "from_dlpack"))
+               and n > _IN_FLIGHT * tiling.rows)
+    buffers = [[_arrays.aligned_empty((n, s), np_acc) for s in sizes] for _ in range(2)] if on_host else None
     parts, used, met = [], np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
+
+    def drain(kept: int) -> None:
+        """All parts but the last ``kept`` into the host buffers."""
+        while len(parts) > kept:
+            rows, values, errors, sel = parts.pop(0)
+            for buffer, arrays in zip(buffers, (values, errors)):
+                for pos, v in enumerate(arrays):
+                    buffer[pos][rows] = np.from_dlpack(v)[sel]
+
     for r0 in range(0, n, tiling.rows):
         active = np.arange(r0, min(n, r0 + tiling.rows))
         ids = active[padded(active.size)]
@@ -390,19 +405,17 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
                         if bar is not None:
                             bar.update(active.size * count)
             blocks += new
-            values, var = estimate_of(stats, blocks)
+            values, var, errors = estimate_of(stats, blocks)
             ok = np.ones(active.size, dtype=bool)
             if rtol is not None:
                 ok = _converged(xp, values, var, gap, active, rtol, stdevs)
             done = ok | (rtol is None or 2 * blocks > max_blocks)
             sel = np.flatnonzero(done)
             used[active[sel]], met[active[sel]] = blocks * n0, ok[sel]
+            if sel.size:
+                parts.append((active[sel], values, errors, sel))
             if buffers is not None:
-                for buffer, arrays in zip(buffers, (values, var)):
-                    for pos, v in enumerate(arrays):
-                        buffer[pos][active[sel]] = np.from_dlpack(v)[sel]
-            elif sel.size:
-                parts.append((active[sel], values, var, sel))
+                drain(_IN_FLIGHT)
             if sel.size == active.size:
                 break
             keep = np.flatnonzero(~done)
@@ -412,7 +425,9 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
             stats.keep(host(positions, xp.int64))
             *x_rows, cot = rows_of(ids)
     if buffers is not None:
-        return [[xp.asarray(b, device=device) for b in buffer] for buffer in buffers] + [used, met]
+        drain(0)
+        return [[_arrays.from_host(xp, np.reshape(b, (n, *f)), device) for b, f in zip(buffer, feat)]
+                for buffer in buffers] + [used, met]
     # Each row's place in the parts joined end to end; one gather puts them in order.
     starts = np.cumsum([0] + [p[1][0].shape[0] for p in parts])
     where = np.empty(n, dtype=np.int64)
@@ -422,7 +437,7 @@ def _attribute(adapter, xp, compile, x, background, cot_rows, gap, *, design, ti
 
     def joined(which: int, pos: int):
         whole = xp.concat([p[which][pos] for p in parts], axis=0) if len(parts) > 1 else parts[0][which][pos]
-        return whole if at is None else xp.take(whole, at, axis=0)
+        return xp.reshape(whole if at is None else xp.take(whole, at, axis=0), (n, *feat[pos]))
 
     return [[joined(which, pos) for pos in range(len(x))] for which in (1, 2)] + [used, met]
 
@@ -549,7 +564,7 @@ def run(
                 while True:
                     try:
                         tiling = _tiling.plan(design.n_samples, design.columns, batch_size)
-                        vals, var, used, met = _attribute(
+                        vals, errs, used, met = _attribute(
                             adapter, xp, compile, x, background, cot, gap, design=design, tiling=tiling, key=key,
                             stdevs=stdevs, compiled=compiled, bar=bar, rtol=rtol, max_blocks=max_blocks,
                             row_ids=row_ids)
@@ -563,8 +578,7 @@ def run(
                                       ResourceWarning, stacklevel=3)
                         if bar is not None:
                             bar.reset()
-                shapes = tuple(tuple(a.shape[1:]) for a in x)
-                vals, errs, base, output, delta = finish(xp, vals, var, out_x, ref_b, cot, shapes=shapes)
+                base, output, delta = finish(xp, vals, out_x, ref_b, cot)
                 _validation.check_finite(xp, vals, output, base, delta, out_b, cot, paired=design.paired)
                 per_target.append((vals, errs, base, output, delta, used, met))
         finally:
