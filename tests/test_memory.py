@@ -43,7 +43,9 @@ def test_jax_peak_memory_grows_with_the_rows_as_the_results_do():
     the finish step returned copies of the joined values and variances (4x on a 30-feature
     MLP at 512 rows a chunk); written into host arrays the results then share, 1.0x."""
     import_or_fail("jax")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+    # One malloc arena: without it glibc gives each of XLA's threads its own, and a call's peak
+    # takes a random jump of 10-18 MiB when one of them grows (the same at any row count).
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MALLOC_ARENA_MAX": "1",
            "PYTHONPATH": os.pathsep.join([os.path.dirname(gradshap.__path__[0]), os.environ.get("PYTHONPATH", "")])}
     runs = {n: subprocess.Popen([sys.executable, "-c", _PEAK_SCRIPT, str(n)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for n in (16384, 81920)}
