@@ -68,6 +68,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -1094,7 +1095,10 @@ def _run_worker(spec: dict, bar, timeout: float) -> dict:
         err.seek(0)
         stderr = err.read()
     if result is None:
-        tail = "\n".join((stderr.strip().splitlines() or lines or ["(no output)"])[-3:])
+        text = stderr.strip().splitlines() or lines or ["(no output)"]
+        # The cause (an exception's line, or Python's fatal error) may sit above the last lines.
+        cause = [ln for ln in text if ln.startswith("Fatal Python error") or re.match(r"\w[\w.]*(Error|Exception)\b", ln)]
+        tail = "\n".join(([cause[-1]] if cause and cause[-1] not in text[-3:] else []) + text[-3:])
         return {"error": f"worker exited with code {proc.returncode}: {tail}"}
     return result
 
@@ -1229,10 +1233,23 @@ def main(argv: list[str] | None = None) -> int:
     render_png(report, out_dir / "bench.png")
     print(md)
     print(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {out_dir / 'bench.png'}")
-    if errors:
-        print(f"bench: {len(errors)} job(s) failed: {', '.join(errors)}", file=sys.stderr)
+    failed = failures(report)
+    if failed:
+        print(f"bench: {len(failed)} failure(s): {'; '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def failures(report: dict) -> list:
+    """What failed in a run: jobs whose worker gave no result, and rows (timed or measured
+    for memory) that raised; a row skipped for a stated reason (an anchor not installed,
+    no GPU) is not a failure."""
+    out = [f"job {name}" for name in report["errors"]]
+    for r in report["rows"]:
+        for what, reason in (("", r.get("skipped")), (" (memory)", r.get("memory", {}).get("skipped"))):
+            if str(reason or "").startswith("failed:"):
+                out.append(f"row {r['workload']} {r['group']} {r['row']}{what}: {reason}")
+    return out
 
 
 # ---------------------------------------------------------------------------- report

@@ -367,10 +367,33 @@ def test_bench_exits_1_and_names_the_job_when_a_worker_fails(tmp_path, monkeypat
     out = tmp_path / "out"
     argv = ["--quick", "--no-progress", "--no-memory", "--groups", "torch", "--rows", "floor", "--out", str(out)]
     assert bench.main(argv) == 1
-    assert "bench: 1 job(s) failed: time torch" in capsys.readouterr().err
+    assert "bench: 1 failure(s): job time torch" in capsys.readouterr().err
     report = json.loads((out / "bench.json").read_text())
     assert list(report["errors"]) == ["time torch"]
     assert report["errors"]["time torch"].startswith("worker exited with code 1: ")
+    assert "No module named 'encodings'" in report["errors"]["time torch"]  # the cause, above the last lines
     assert report["rows"] == []
     assert "- time torch: worker exited with code 1" in (out / "bench.md").read_text()
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_row_that_raised_is_a_failure_and_a_stated_skip_is_not():
+    """bench exits 1 on any failure (``failures`` is what main prints and counts): a job
+    without a result, a timed row or a memory row that raised; not a row skipped for a
+    stated reason (an anchor not installed)."""
+    import bench
+
+    def row(name, **extra):
+        return {"workload": "mlp", "group": "torch", "row": name, **extra}
+
+    report = {"errors": {}, "rows": [row("floor", median_s=0.1), row("shap", skipped="shap is not installed")]}
+    assert bench.failures(report) == []
+    report["rows"].append(row("gradshap", skipped="failed: ValueError: boom"))
+    report["rows"].append(row("captum", median_s=0.2, memory={"skipped": "failed: MemoryError: "}))
+    report["errors"]["time jax"] = "worker exited with code 1: ..."
+    assert bench.failures(report) == [
+        "job time jax",
+        "row mlp torch gradshap: failed: ValueError: boom",
+        "row mlp torch captum (memory): failed: MemoryError: ",
+    ]
+
